@@ -1,0 +1,208 @@
+"""The one exception hierarchy of comfyfleet.
+
+Every failure a user can meet is one of these classes; each carries the hint a person needs
+to act on it (``hint``). Lower layers (aiohttp, asyncssh, git, pip, OS errors) are mapped
+into it at their boundary, so a bare status code or a stack trace never reaches the user.
+Messages never contain secrets: callers pass URLs through :func:`comfyfleet.redact.redact_url`.
+"""
+
+from __future__ import annotations
+
+
+class ComfyfleetError(Exception):
+    """Base class: something went wrong that a person can understand and act on."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} — {self.hint}" if self.hint else self.message
+
+
+# --- invocation and configuration (exit 2, nothing changed) ------------------------------
+
+
+class UsageError(ComfyfleetError):
+    """The command line or a config/manifest file is invalid; nothing was changed."""
+
+    exit_code = 2
+
+
+class ManifestError(UsageError):
+    """The manifest does not parse or does not match the schema (field path in the message)."""
+
+
+class ConfigError(UsageError):
+    """A pool config does not parse or does not match the schema."""
+
+
+# --- remote sources ------------------------------------------------------------------------
+
+
+class SourceError(ComfyfleetError):
+    """A model source (Hugging Face, Civitai, a plain URL) refused or failed a request."""
+
+    #: the `check` status this error maps to (DESIGN.md: check --json statuses)
+    status: str = "server_error"
+    #: whether retrying the same request later may succeed
+    retryable: bool = False
+
+
+class NotFound(SourceError):
+    """The file, revision or repository does not exist (suggestions may say what does)."""
+
+    status = "not_found"
+
+    def __init__(self, message: str, *, hint: str = "", suggestions: list[str] | None = None):
+        super().__init__(message, hint=hint)
+        self.suggestions = suggestions or []
+
+
+class GatedRepo(SourceError):
+    """A gated Hugging Face repo: no token was sent (status gated_no_token)."""
+
+    status = "gated_no_token"
+
+
+class GatedNoAccess(GatedRepo):
+    """A gated Hugging Face repo: a token was sent but its account has not accepted the licence."""
+
+    status = "gated_no_access"
+
+
+class TokenRequired(SourceError):
+    """Civitai requires an API token (CIVITAI_TOKEN) for this file."""
+
+    status = "civitai_token_required"
+
+
+class AccessDenied(SourceError):
+    """The server refused access for a reason a token does not fix (early access, blocked)."""
+
+    status = "server_error"
+
+
+class NotAModel(SourceError):
+    """The server answered with an HTML/JSON page where a model file was expected."""
+
+    status = "not_a_model"
+
+
+class RateLimited(SourceError):
+    """The server asked us to slow down (429); ``retry_after`` seconds when it said so."""
+
+    status = "server_error"
+    retryable = True
+
+    def __init__(self, message: str, *, hint: str = "", retry_after: float | None = None):
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
+class ServerError(SourceError):
+    """The server kept failing (5xx or an unexpected status) after bounded retries."""
+
+    status = "server_error"
+    retryable = True
+
+    def __init__(self, message: str, *, hint: str = "", retry_after: float | None = None):
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
+class Unreachable(SourceError):
+    """The host could not be reached (DNS, connection refused, TLS, timeout)."""
+
+    status = "unreachable"
+    retryable = True
+
+
+class SignatureExpired(SourceError):
+    """A resolved CDN URL answered 403/410: resolve the original URL again."""
+
+    status = "server_error"
+    retryable = True
+
+
+# --- download integrity ------------------------------------------------------------------
+
+
+class DownloadError(ComfyfleetError):
+    """A file could not be downloaded and verified."""
+
+
+class ChecksumMismatch(DownloadError):
+    """The downloaded bytes do not hash to the expected sha256."""
+
+
+class SizeMismatch(DownloadError):
+    """The downloaded file is not the expected size (truncated or a different file)."""
+
+
+class CorruptFile(DownloadError):
+    """The content is not a valid model file (e.g. a safetensors header that does not parse)."""
+
+
+class Stalled(DownloadError):
+    """A connection stayed below ``min_speed`` for ``stall_timeout`` (retried elsewhere)."""
+
+
+class DiskFull(DownloadError):
+    """No space left on the device that holds the model folder."""
+
+
+# --- provisioning and runtime ------------------------------------------------------------
+
+
+class CommandFailed(ComfyfleetError):
+    """A subprocess (git, pip, install.py) exited non-zero; the message has its output tail."""
+
+    def __init__(self, argv: list[str], returncode: int, output_tail: str, *, hint: str = ""):
+        cmd = " ".join(argv)
+        super().__init__(
+            f"command failed (exit {returncode}): {cmd}\n{output_tail}".rstrip(), hint=hint
+        )
+        self.argv = argv
+        self.returncode = returncode
+        self.output_tail = output_tail
+
+
+class InstallError(ComfyfleetError):
+    """ComfyUI or a custom node could not be installed."""
+
+
+class WorkflowError(ComfyfleetError):
+    """A workflow needs something the manifest does not provide, or cannot be edited as asked."""
+
+
+class ValidationFailed(ComfyfleetError):
+    """Post-install verification failed (a requirement, or a warning under strict mode)."""
+
+
+class RuntimeFailure(ComfyfleetError):
+    """ComfyUI did not start, crashed, or is not ready by its own API."""
+
+
+# --- remote log streaming and fleet ------------------------------------------------------
+
+
+class HostKeyError(ComfyfleetError):
+    """The remote host key is unknown or changed; refused (never silently accepted)."""
+
+
+class ProviderError(ComfyfleetError):
+    """A cloud provider's API failed; the call may or may not have taken effect."""
+
+
+class ProviderRateLimited(ProviderError):
+    """The provider asked us to slow down."""
+
+
+class Interrupted(ComfyfleetError):
+    """Stopped by SIGINT/SIGTERM; the work done so far is kept and resumable."""
+
+    exit_code = 130
