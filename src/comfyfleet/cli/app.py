@@ -46,8 +46,7 @@ def run(body: Callable[[], int]) -> NoReturn:
         print(f"interrupted: {redact_text(str(exc))}", file=sys.stderr)
         code = 130
     except KeyboardInterrupt:
-        print("interrupted: stopped cleanly; run the same command again to resume",
-              file=sys.stderr)
+        print("interrupted: stopped cleanly; run the same command again to resume", file=sys.stderr)
         code = 130
     except ComfyfleetError as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)

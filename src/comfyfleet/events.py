@@ -1,0 +1,205 @@
+"""The record of a run under ``ROOT/.comfyfleet/``: events, human log, error log, status, sentinels.
+
+One :class:`RunLog` per command run. Everything it writes goes to regular files with small,
+unbuffered appends — never through a pipe another process must drain, which is how the old
+system's ``tee`` serialised its downloads. Every string is redacted of secrets on the way out.
+Listeners (progress renderers, the CLI) subscribe to the same events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from comfyfleet.redact import redact_text
+
+STATE_DIR = ".comfyfleet"
+SENTINEL_RUNNING = ".provisioning"
+SENTINEL_COMPLETE = ".provisioning_complete"
+SENTINEL_FAILED = ".provisioning_failed"
+MARKER_COMPLETE = "PROVISIONING COMPLETE"
+MARKER_FAILED = "PROVISIONING FAILED"
+
+#: event names that are a public contract (DESIGN.md); others may be added freely
+EVENT_NAMES = frozenset(
+    {
+        "run_started", "phase_started", "phase_finished", "file_queued", "file_started",
+        "file_progress", "file_retry", "file_verified", "file_skipped", "file_failed",
+        "node_installed", "node_failed", "validation", "comfyui_started", "comfyui_ready",
+        "run_completed", "run_failed",
+    }
+)  # fmt: skip
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO-8601 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_atomic(path: Path, data: str | bytes, *, fsync: bool = True) -> None:
+    """Replace ``path`` with ``data`` so a reader sees the old or the new content, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = data.encode() if isinstance(data, str) else data
+    with open(tmp, "wb") as fh:
+        fh.write(payload)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunStatus:
+    """What ``status.json`` holds (rewritten atomically, at most a few times a second)."""
+
+    run: str
+    phase: str = "starting"
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bytes_done: int = 0
+    bytes_total: int = 0
+    ok: bool | None = None
+
+
+class RunLog:
+    """Events, logs, status and sentinels of one command run under a root directory."""
+
+    def __init__(self, root: Path, command: str, *, sentinels: bool = False) -> None:
+        self.root = Path(root)
+        self.dir = self.root / STATE_DIR
+        self.command = command
+        self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+        self.sentinels = sentinels
+        self.status = RunStatus(run=self.run_id)
+        self._listeners: list[Listener] = []
+        self._status_written = 0.0
+        self._started = time.monotonic()
+        self._closed = False
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = self.dir / "provision.log"
+        if log.exists():
+            os.replace(log, self.dir / "provision.log.1")
+        if sentinels:
+            for name in (SENTINEL_RUNNING, SENTINEL_COMPLETE, SENTINEL_FAILED):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.root / name).unlink()
+            (self.root / SENTINEL_RUNNING).write_text(f"{self.run_id}\n")
+        # Line-buffered appends to regular files: a slow reader can never block us.
+        self._events = open(self.dir / "events.jsonl", "a", buffering=1, encoding="utf-8")
+        self._log = open(log, "a", buffering=1, encoding="utf-8")
+        self._errors = open(self.dir / "errors.log", "a", buffering=1, encoding="utf-8")
+
+    # --- subscription ------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(event_dict)`` for every event from now on."""
+        self._listeners.append(listener)
+
+    # --- writing -----------------------------------------------------------------------
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Append one event to ``events.jsonl`` and hand it to the listeners."""
+        record = {"ts": now_iso(), "event": event, "run": self.run_id, **_clean(fields)}
+        if not self._closed:
+            self._events.write(json.dumps(record, default=str) + "\n")
+        for listener in self._listeners:
+            listener(record)
+        return record
+
+    def info(self, message: str) -> None:
+        """Write a human line to ``provision.log`` (``[timestamp] message``)."""
+        if not self._closed:
+            for line in redact_text(message).splitlines() or [""]:
+                self._log.write(f"[{now_iso()}] {line}\n")
+
+    def output(self, source: str, text: str) -> None:
+        """Write a subprocess's output to ``provision.log``, indented so it can't fake a marker."""
+        if not self._closed:
+            for line in redact_text(text).splitlines():
+                self._log.write(f"  | {source}: {line}\n")
+
+    def error(self, what: str, reason: str, **context: Any) -> None:
+        """Record a failure in ``errors.log`` (kept across runs) and ``provision.log``."""
+        ctx = " ".join(f"{k}={_clean(v)}" for k, v in context.items() if v is not None)
+        line = redact_text(f"{what}: {reason}" + (f" ({ctx})" if ctx else ""))
+        if not self._closed:
+            self._errors.write(f"[{now_iso()}] run={self.run_id} {line}\n")
+        self.info(f"ERROR {line}")
+
+    def set_phase(self, phase: str) -> None:
+        """Enter a phase: event, log line and status."""
+        self.status.phase = phase
+        self.emit("phase_started", phase=phase)
+        self.info(f"phase: {phase}")
+        self.write_status(force=True)
+
+    def write_status(self, *, force: bool = False) -> None:
+        """Rewrite ``status.json`` atomically (throttled to 4/s unless ``force``)."""
+        now = time.monotonic()
+        if self._closed or (not force and now - self._status_written < 0.25):
+            return
+        self._status_written = now
+        doc = _clean(self.status.__dict__)
+        write_atomic(self.dir / "status.json", json.dumps(doc, indent=1) + "\n", fsync=False)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self._started
+
+    def finish(self, ok: bool, reason: str = "") -> None:
+        """End the run: final marker line, status, sentinels; then close the files."""
+        if self._closed:
+            return
+        reason = redact_text(reason)
+        self.status.ok = ok
+        self.status.phase = "done" if ok else "failed"
+        self.write_status(force=True)
+        if ok:
+            self.emit("run_completed", seconds=round(self.elapsed, 3))
+        else:
+            self.emit("run_failed", reason=reason, seconds=round(self.elapsed, 3))
+        if self.sentinels:
+            # The marker is a line of its own, without timestamp, so followers match it exactly.
+            summary = MARKER_COMPLETE if ok else f"{MARKER_FAILED}: {reason}"
+            self._log.write(summary.replace("\n", " ") + "\n")
+            name = SENTINEL_COMPLETE if ok else SENTINEL_FAILED
+            (self.root / name).write_text(f"{self.run_id}\n" + ("" if ok else f"{reason}\n"))
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / SENTINEL_RUNNING).unlink()
+        self.close()
+
+    def close(self) -> None:
+        """Close the files (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for fh in (self._events, self._log, self._errors):
+            fh.close()
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
