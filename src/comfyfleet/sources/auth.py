@@ -1,0 +1,73 @@
+"""Tokens from the environment, and the one rule for sending them.
+
+A token goes only to the host it belongs to: ``HF_TOKEN`` to the hub, ``CIVITAI_TOKEN``
+(or ``CIVITAI_API_TOKEN``) to Civitai — never to a CDN a redirect points at (presigned R2/B2
+URLs answer 400/403 to any Authorization header; reference/downloaders.md §0.2). Tokens are
+sent as ``Authorization: Bearer`` so they never sit in a URL that could be logged.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from comfyfleet.sources.base import USER_AGENT
+from comfyfleet.sources.endpoints import (
+    civitai_endpoint,
+    hf_endpoint,
+    is_civitai_host,
+    is_hf_host,
+    kind_of,
+    origin,
+)
+
+
+def hf_token() -> str | None:
+    """``HF_TOKEN`` (or the older ``HUGGING_FACE_HUB_TOKEN``), when set."""
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+
+
+def civitai_token() -> str | None:
+    """``CIVITAI_TOKEN`` (or ``CIVITAI_API_TOKEN``), when set."""
+    return os.environ.get("CIVITAI_TOKEN") or os.environ.get("CIVITAI_API_TOKEN") or None
+
+
+def _token_owner(url: str) -> str | None:
+    """Which service's token ``url`` may carry: ``"huggingface"``, ``"civitai"`` or None."""
+    kind = kind_of(url)
+    if kind in ("huggingface", "civitai"):
+        return kind
+    hf, civ = is_hf_host(url), is_civitai_host(url)
+    if hf and civ:
+        # Only when both endpoints share one origin (a local test hub): decide by API path.
+        path = urlsplit(url).path
+        return "civitai" if path.startswith(("/api/v1/", "/api/download/")) else "huggingface"
+    return "huggingface" if hf else "civitai" if civ else None
+
+
+def auth_headers(url: str) -> dict[str, str]:
+    """Headers for a request to ``url``: our User-Agent, plus ``Authorization`` only when
+    ``url`` is on the host the token belongs to."""
+    headers = {"User-Agent": USER_AGENT}
+    owner = _token_owner(url)
+    token = hf_token() if owner == "huggingface" else civitai_token() if owner else None
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def headers_for_redirect(target: str, source: str, headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` for a redirect ``target``: Authorization dropped when the origin changes."""
+    if origin(target) == origin(source):
+        return dict(headers)
+    return {k: v for k, v in headers.items() if k.lower() != "authorization"}
+
+
+__all__ = [
+    "auth_headers",
+    "civitai_endpoint",
+    "civitai_token",
+    "headers_for_redirect",
+    "hf_endpoint",
+    "hf_token",
+]

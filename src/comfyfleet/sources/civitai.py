@@ -1,0 +1,237 @@
+"""Civitai: the model-versions API for sha256, a ``GET Range: bytes=0-0`` probe of the download
+URL (HEAD answers 401 even with a valid token) and one probe of the CDN it redirects to.
+
+reference/downloaders.md §3: the download endpoint 307-redirects to a presigned R2/B2 URL that
+rejects any Authorization header; without a token a login-required file answers 401 JSON —
+or, to a browser-like User-Agent, a redirect to an HTML login page (we never look like one).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from comfyfleet.errors import AccessDenied, NotAModel, NotFound, TokenRequired
+from comfyfleet.redact import redact_url
+from comfyfleet.sources.auth import auth_headers, headers_for_redirect
+from comfyfleet.sources.base import RemoteFile
+from comfyfleet.sources.endpoints import (
+    civitai_file_id,
+    civitai_version_id,
+    effective_url,
+    origin,
+)
+from comfyfleet.sources.filenames import (
+    filename_from_content_disposition,
+    filename_from_signed_url,
+    filename_from_url,
+    safe_name,
+)
+from comfyfleet.sources.http import (
+    DEFAULT_ATTEMPTS,
+    RANGE_PROBE,
+    Reply,
+    content_range_total,
+    raise_for_status,
+    send,
+)
+
+if TYPE_CHECKING:
+    from comfyfleet.manifest import ModelEntry
+
+TOKEN_PAGE = "https://civitai.com/user/account"
+
+
+@dataclass
+class CivitaiFile(RemoteFile):
+    """A resolved Civitai file, with what the API says besides the bytes' own headers."""
+
+    #: the Content-Disposition name the CDN serves (what a browser saves)
+    served_filename: str | None = None
+    #: ``sizeKB × 1024`` from the API: approximate, never used to verify bytes
+    approx_size: int | None = None
+    version_id: int | None = None
+
+
+@dataclass
+class VersionInfo:
+    """The file of a model version as ``/api/v1/model-versions/<id>`` describes it."""
+
+    name: str | None
+    sha256: str | None
+    approx_size: int | None
+
+
+def _error_message(reply: Reply) -> str:
+    try:
+        doc = json.loads(reply.body)
+    except ValueError:
+        return reply.text().strip()[:200]
+    if isinstance(doc, dict):
+        return str(doc.get("message") or doc.get("error") or "")[:200]
+    return ""
+
+
+def _is_login_page(location: str) -> bool:
+    return "/login" in location.split("?", 1)[0]
+
+
+def _pick_file(doc: dict[str, Any], file_id: int | None) -> dict[str, Any] | None:
+    files = [f for f in doc.get("files") or [] if isinstance(f, dict)]
+    if file_id is not None:
+        return next((f for f in files if f.get("id") == file_id), None)
+    return next((f for f in files if f.get("primary")), files[0] if files else None)
+
+
+async def version_info(
+    session: aiohttp.ClientSession, api_url: str, file_id: int | None, attempts: int
+) -> VersionInfo | None:
+    """The API's view of the file, or None when the API has nothing to say."""
+    reply = await send(
+        session, "GET", api_url, auth_headers(api_url), attempts=attempts, read_body=True
+    )
+    if reply.status != 200:
+        return None
+    try:
+        doc = json.loads(reply.body)
+    except ValueError:
+        return None
+    f = _pick_file(doc, file_id) if isinstance(doc, dict) else None
+    if f is None:
+        return None
+    hashes = f.get("hashes") or {}
+    sha = hashes.get("SHA256") if isinstance(hashes, dict) else None
+    size_kb = f.get("sizeKB")
+    return VersionInfo(
+        name=safe_name(f.get("name")) if isinstance(f.get("name"), str) else None,
+        sha256=sha.lower() if isinstance(sha, str) and len(sha) == 64 else None,
+        approx_size=int(size_kb * 1024) if isinstance(size_kb, int | float) else None,
+    )
+
+
+def _classify(reply: Reply, url: str, vid: int, token_sent: bool) -> None:
+    safe = redact_url(url)
+    detail = _error_message(reply)
+    if reply.status == 401:
+        if "disabled" in detail.lower():
+            raise AccessDenied(f"Civitai: the creator has disabled downloads of {safe}")
+        if token_sent:
+            raise TokenRequired(
+                f"Civitai rejected CIVITAI_TOKEN for model version {vid}",
+                hint=f"the token is invalid or expired: create an API key at {TOKEN_PAGE}",
+            )
+        raise TokenRequired(
+            f"Civitai requires a logged-in download for model version {vid}",
+            hint=f"set CIVITAI_TOKEN to an API key from {TOKEN_PAGE}",
+        )
+    if reply.status == 403:
+        raise AccessDenied(
+            f"Civitai refused model version {vid}: {detail or 'forbidden'}",
+            hint="early-access or restricted file: only an account with access can download it",
+        )
+    if reply.status in (404, 410):
+        what = "archived" if reply.status == 410 else "not found"
+        raise NotFound(
+            f"Civitai model version {vid} {what}",
+            hint="check the version id (the number after /api/download/models/)",
+        )
+    raise_for_status(reply, "file")
+
+
+async def resolve_civitai(
+    session: aiohttp.ClientSession,
+    entry: ModelEntry,
+    url: str,
+    *,
+    attempts: int = DEFAULT_ATTEMPTS,
+) -> CivitaiFile:
+    """Resolve a Civitai download URL: probe it with a 1-byte ranged GET (redirect not
+    followed), then the CDN it points at (without Authorization), then ask the API for sha256."""
+    target = effective_url(url)
+    vid = civitai_version_id(target)
+    if vid is None:
+        raise NotFound(f"not a Civitai download URL: {redact_url(url)}")
+    headers = {**auth_headers(target), "Range": RANGE_PROBE, "Accept-Encoding": "identity"}
+    token_sent = "Authorization" in headers
+    current = target
+    for _ in range(4):
+        reply = await send(session, "GET", current, headers, attempts=attempts)
+        location = reply.location
+        if location and _is_login_page(location):
+            raise TokenRequired(
+                f"Civitai redirected the download of model version {vid} to its login page",
+                hint=f"set CIVITAI_TOKEN to an API key from {TOKEN_PAGE}",
+            )
+        if location and origin(location) == origin(current):
+            current = location
+            continue
+        break
+    if reply.status >= 400:
+        _classify(reply, url, vid, token_sent)
+
+    served_name = None
+    if location:
+        # The presigned CDN URL: never send it our Authorization (R2/B2 answer 400/403).
+        fetch_url = location
+        fetch_headers = headers_for_redirect(
+            location,
+            current,
+            {k: v for k, v in headers.items() if k not in ("Range", "Accept-Encoding")},
+        )
+        fetch_headers.pop("Authorization", None)
+        served_name = filename_from_signed_url(location)
+        cdn = await send(
+            session,
+            "GET",
+            fetch_url,
+            {**fetch_headers, "Range": RANGE_PROBE, "Accept-Encoding": "identity"},
+            attempts=attempts,
+        )
+        if cdn.status >= 400:
+            raise_for_status(cdn, "file")
+        data = cdn
+    else:
+        fetch_url = current
+        fetch_headers = {k: v for k, v in headers.items() if k not in ("Range", "Accept-Encoding")}
+        data = reply
+    if data.status not in (200, 206) or data.looks_like_page():
+        raise NotAModel(
+            f"Civitai answered model version {vid} with a {data.content_type or 'page'}, "
+            "not a model file",
+            hint=f"the file may need a login: set CIVITAI_TOKEN ({TOKEN_PAGE})",
+        )
+    served_name = (
+        filename_from_content_disposition(data.headers.get("Content-Disposition")) or served_name
+    )
+    if data.status == 206:
+        size = content_range_total(data.headers)
+    else:
+        cl = data.headers.get("Content-Length", "")
+        size = int(cl) if cl.isdigit() else None
+
+    api_base = target[: target.index("/api/download/")]
+    info = await version_info(
+        session, f"{api_base}/api/v1/model-versions/{vid}", civitai_file_id(target), attempts
+    )
+    api_name = info.name if info else None
+    filename = entry.filename or served_name or api_name or filename_from_url(target)
+    if not filename:
+        raise NotFound(f"cannot tell a file name for {redact_url(url)}")
+    return CivitaiFile(
+        url=url,
+        kind="civitai",
+        filename=filename,
+        size=size if size is not None else entry.size,
+        sha256=entry.sha256 or (info.sha256 if info else None),
+        fetch_url=fetch_url,
+        fetch_headers=fetch_headers,
+        etag=data.headers.get("ETag") if location else None,
+        accept_ranges=data.status == 206,
+        api_filename=api_name if api_name and api_name != (served_name or filename) else None,
+        served_filename=served_name,
+        approx_size=info.approx_size if info else None,
+        version_id=vid,
+    )
