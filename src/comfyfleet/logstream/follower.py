@@ -1,0 +1,247 @@
+"""The follow loop: connect, run read sessions, apply events, append, checkpoint, reconnect.
+
+One coroutine per followed file; the fleet runs many of them in one event loop. The loop
+never gives up on a lost connection: it reconnects with capped, jittered exponential backoff
+until the overall deadline (the old collector stopped after 5 attempts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from comfyfleet.errors import UsageError
+from comfyfleet.logstream import checkpoint
+from comfyfleet.logstream.core import Position, Reader, reconnected, resume, session_request, step
+from comfyfleet.logstream.markers import MarkerSet
+from comfyfleet.logstream.remote import (
+    ConnectionLost,
+    ReadSession,
+    ReadTuning,
+    SshTarget,
+    open_connection,
+)
+
+
+@dataclass(frozen=True)
+class FollowTarget:
+    """One remote log and where its local copy and checkpoint live."""
+
+    ssh: SshTarget
+    path: str
+    output: Path
+    state: Path | None = None
+
+    @property
+    def state_path(self) -> Path:
+        """``--state`` or ``LOCAL.checkpoint``."""
+        return self.state or checkpoint.default_state_path(self.output)
+
+    @property
+    def source(self) -> str:
+        """Host and path, recorded in the checkpoint so another log cannot resume from it."""
+        return f"{self.ssh.label}:{self.path}"
+
+
+@dataclass(frozen=True)
+class FollowOptions:
+    """Deadline, markers, remote loop timing and reconnect backoff."""
+
+    timeout: float = 3600.0
+    markers: MarkerSet = field(default_factory=MarkerSet)
+    tuning: ReadTuning = field(default_factory=ReadTuning)
+    backoff_base: float = 0.25
+    backoff_cap: float = 10.0
+
+
+@dataclass(frozen=True)
+class FollowResult:
+    """How a follow ended; ``to_json()`` is the `logs follow --json` document."""
+
+    outcome: Literal["complete", "failed", "timeout"]
+    lines: int
+    bytes: int
+    reconnects: int
+    rotations: int
+    truncations: int
+    last_line: str
+    message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The DESIGN.md `--json` fields (plus ``message``)."""
+        return {
+            "outcome": self.outcome,
+            "lines": self.lines,
+            "bytes": self.bytes,
+            "reconnects": self.reconnects,
+            "rotations": self.rotations,
+            "truncations": self.truncations,
+            "last_line": self.last_line,
+            "message": self.message,
+        }
+
+
+LineCallback = Callable[[bytes], None]
+StatusCallback = Callable[[str], None]
+
+
+class _Output:
+    """LOCAL, opened for appending after being cut back to the checkpointed size."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        actual = os.fstat(self.fd).st_size
+        if actual < size:
+            os.close(self.fd)
+            raise UsageError(
+                f"{path} is {actual} bytes but its checkpoint says {size}",
+                hint="the output was changed by hand; delete the checkpoint to start over",
+            )
+        os.ftruncate(self.fd, size)
+        os.lseek(self.fd, size, os.SEEK_SET)
+
+    def append(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+async def follow(
+    target: FollowTarget,
+    options: FollowOptions | None = None,
+    *,
+    on_line: LineCallback | None = None,
+    on_status: StatusCallback | None = None,
+) -> FollowResult:
+    """Follow ``target.path`` into ``target.output`` until a marker or the deadline."""
+    options = options or FollowOptions()
+    position = checkpoint.load(target.state_path, source=target.source) or Position()
+    out = _Output(target.output, position.output_size)
+    run = _Run(target, options, out, position, on_line, on_status or (lambda _msg: None))
+    try:
+        async with asyncio.timeout(options.timeout):
+            return await run.until_marker()
+    except TimeoutError:
+        return run.result("timeout", run.timeout_message())
+    finally:
+        out.close()
+
+
+class _Run:
+    """The mutable state of one follow (kept out of the pure core on purpose)."""
+
+    def __init__(
+        self,
+        target: FollowTarget,
+        options: FollowOptions,
+        out: _Output,
+        position: Position,
+        on_line: LineCallback | None,
+        on_status: StatusCallback,
+    ) -> None:
+        self.target = target
+        self.options = options
+        self.out = out
+        self.reader = resume(position)
+        self.on_line = on_line
+        self.status = on_status
+        self.last_error = ""
+        self.connected_before = False
+
+    def result(self, outcome: Literal["complete", "failed", "timeout"], message: str):
+        c = self.reader.position.counters
+        return FollowResult(
+            outcome, c.lines, c.bytes, c.reconnects, c.rotations, c.truncations, c.last_line,
+            message,
+        )  # fmt: skip
+
+    def timeout_message(self) -> str:
+        msg = (
+            f"no completion marker in {self.target.path} on {self.target.ssh.host} within "
+            f"{self.options.timeout:g}s"
+        )
+        return f"{msg} (last connection error: {self.last_error})" if self.last_error else msg
+
+    async def until_marker(self) -> FollowResult:
+        attempt = 0
+        while True:
+            try:
+                conn = await open_connection(self.target.ssh)
+            except ConnectionLost as exc:
+                attempt = await self._backoff(attempt, exc)
+                continue
+            if self.connected_before:
+                self.reader = Reader(reconnected(self.reader.position))
+            self.connected_before = True
+            try:
+                async with conn:
+                    result = await self._sessions(conn)
+                    if result is not None:
+                        return result
+            except ConnectionLost as exc:
+                # Anything read but not committed is dropped and read again from the offset.
+                self.reader = resume(self.reader.position)
+                attempt = await self._backoff(0 if self._progressed else attempt, exc)
+
+    async def _backoff(self, attempt: int, exc: ConnectionLost) -> int:
+        self.last_error = str(exc)
+        self.status(f"connection to {self.target.ssh.host} lost or refused ({exc}); retrying")
+        ceiling = min(self.options.backoff_cap, self.options.backoff_base * 2**attempt)
+        # Jitter spreads the reconnects of a fleet that lost the same network at once.
+        await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+        return attempt + 1
+
+    async def _sessions(self, conn) -> FollowResult | None:
+        tuning = self.options.tuning
+        while True:
+            self.reader = resume(self.reader.position)
+            req = session_request(self.reader)
+            session = await ReadSession.start(conn, self.target.path, req, tuning)
+            self._progressed = False
+            try:
+                result = await self._drive(session)
+            finally:
+                session.close()
+            if result is not None:
+                return result
+            if not self._progressed:
+                await asyncio.sleep(tuning.poll)  # the reader ended early (file vanished)
+
+    _progressed = False
+
+    async def _drive(self, session: ReadSession) -> FollowResult | None:
+        while (event := await session.next_event()) is not None:
+            self._progressed = True
+            st = step(self.reader, event)
+            self.reader = st.reader
+            if st.append:
+                self.out.append(st.append)
+            if st.commit:
+                self.out.sync()
+                checkpoint.save(
+                    self.target.state_path, self.reader.position, source=self.target.source
+                )
+            if st.lines:
+                if self.on_line is not None:
+                    for line in st.lines:
+                        self.on_line(line)
+                hit = self.options.markers.first_match(st.lines)
+                if hit is not None:
+                    outcome, line = hit
+                    verb = "completed" if outcome == "complete" else "reported failure"
+                    return self.result(outcome, f"{self.target.path} {verb}: {line}")
+            if st.end_session:
+                return None
+        return None

@@ -1,0 +1,337 @@
+"""The SSH edge: connect with keepalive and host-key pinning, and run one remote read session.
+
+The remote side is a POSIX ``sh`` loop over coreutils (``stat``, ``dd``, ``head``,
+``sha256sum``, ``find``, ``timeout``); no Python is assumed on the machine. It keeps the log
+open as fd 3, so a renamed file is still read to its end (the drain), and writes framed
+records on stdout:
+
+====================  ==================================================================
+``W``                  the path does not exist yet; still waiting
+``K [size h]``          heartbeat once a second when idle, with a re-check of size and head
+``O dev ino size h m`` opened: identity, size, sha256 of the first ``head_len`` bytes, mode
+``D n`` + n bytes      data at the current offset
+``V size h``           re-check after each ``D``: size and sha256 of the first bytes
+``R``                  the path names another file and ours has been idle: drained
+``T size``             the open file shrank below our offset
+``G``                  the expected inode is gone (not at the path, not in its directory)
+====================  ==================================================================
+
+Why not ``tail -f``: after a truncation it silently starts again from 0, so received bytes
+stop matching offsets (reference/logstream.md §1.3, §4.4). Why a heartbeat: without a PTY
+the remote command is not sent SIGHUP when the client vanishes; the next write then fails with
+SIGPIPE, so a one-second heartbeat plus an outer ``timeout`` bound how long it can outlive us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from comfyfleet.errors import HostKeyError
+from comfyfleet.logstream.core import (
+    HEAD_BYTES,
+    Checked,
+    Chunk,
+    Event,
+    Gone,
+    Opened,
+    Rotated,
+    SessionRequest,
+    Truncated,
+)
+
+#: seconds between keepalives; 3 unanswered ones close the connection (off by default in
+#: asyncssh: without it a read can hang forever after a network cut, ronf/asyncssh#321)
+KEEPALIVE_INTERVAL = 5.0
+KEEPALIVE_COUNT_MAX = 3
+
+_SCRIPT = r"""
+export LC_ALL=C
+exec 2>/dev/null
+f=$1 off=$2 edev=$3 eino=$4 hl=$5 poll=$6 rw=$7 max=$8 K=$9 hbn=${10}
+exec 4>&1
+ticks=0
+beat() {
+  ticks=$((ticks + 1))
+  [ "$ticks" -ge "$hbn" ] || return 0
+  ticks=0
+  if [ -z "$fd" ]; then printf 'K\n'; return 0; fi
+  h=$off; [ "$h" -gt "$K" ] && h=$K
+  s=$(stat -L -c %s /dev/fd/3)
+  d=$(head -c "$h" /dev/fd/3 | sha256sum)
+  printf 'K %s %s\n' "$s" "${d%% *}"
+}
+fd=
+if [ -z "$eino" ]; then
+  w=0
+  while [ ! -r "$f" ]; do
+    [ "$w" = 0 ] && printf 'W\n'; w=1
+    beat; sleep "$poll"
+  done
+  exec 3<"$f"
+  mode=new
+else
+  p=$(stat -L -c '%d %i' -- "$f")
+  if [ "$p" = "$edev $eino" ]; then
+    exec 3<"$f"; mode=same
+  else
+    o=$(find "$(dirname -- "$f")" -maxdepth 1 -inum "$eino" -print -quit)
+    if [ -z "$o" ]; then printf 'G\n'; exit 0; fi
+    exec 3<"$o"; mode=old
+  fi
+fi
+set -- $(stat -L -c '%d %i %s' /dev/fd/3)
+d=$(head -c "$hl" /dev/fd/3 | sha256sum)
+printf 'O %s %s %s %s %s\n' "$1" "$2" "$3" "${d%% *}" "$mode"
+fd=3
+idle=0
+while :; do
+  set -- $(stat -L -c '%d %i %s' /dev/fd/3 "$f")
+  size=$3
+  if [ "$size" -lt "$off" ]; then printf 'T %s\n' "$size"; exit 0; fi
+  if [ "$size" -gt "$off" ]; then
+    n=$((size - off)); [ "$n" -gt "$max" ] && n=$max
+    printf 'D %s\n' "$n"
+    # conv=sync pads a short read (the file shrank meanwhile) so the frame keeps its length;
+    # an empty read produces no block at all, hence the explicit padding. V then tells the
+    # client these bytes are not to be trusted.
+    r=$(dd if=/dev/fd/3 bs="$n" count=1 skip="$off" iflag=skip_bytes,fullblock conv=sync 2>&1 >&4)
+    case $r in "0+0 "*) head -c "$n" /dev/zero;; esac
+    off=$((off + n))
+    h=$off; [ "$h" -gt "$K" ] && h=$K
+    s=$(stat -L -c %s /dev/fd/3)
+    d=$(head -c "$h" /dev/fd/3 | sha256sum)
+    printf 'V %s %s\n' "$s" "${d%% *}"
+    idle=0
+    continue
+  fi
+  if [ "$4 $5" != "$1 $2" ] && [ "$idle" -ge "$rw" ]; then
+    ticks=$hbn; beat  # a last re-check: a same-size rewrite must not pass for drained
+    printf 'R\n'; exit 0
+  fi
+  idle=$((idle + 1))
+  beat
+  sleep "$poll"
+done
+"""
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """How to reach one machine."""
+
+    host: str
+    port: int = 22
+    user: str = "root"
+    key: Path | None = None
+    known_hosts: Path | None = None
+    accept_new_host_key: bool = False
+
+    @property
+    def known_hosts_path(self) -> Path:
+        """The known-hosts file checked (and, with accept_new_host_key, appended to)."""
+        return self.known_hosts or Path.home() / ".ssh" / "known_hosts"
+
+    @property
+    def label(self) -> str:
+        """``user@host:port`` for messages (no secrets in it)."""
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ReadTuning:
+    """Remote loop timing: poll interval, rotation drain wait, chunk cap, session bound."""
+
+    poll: float = 0.05
+    rotate_wait: float = 1.0
+    max_chunk: int = 4 * 1024 * 1024
+    session_seconds: int = 300
+    heartbeat: float = 1.0
+    stall: float = 15.0
+
+
+class ConnectionLost(Exception):
+    """The connection or the remote reader failed in a way a reconnect may fix."""
+
+
+def remote_command(path: str, req: SessionRequest, tuning: ReadTuning) -> str:
+    """The shell command line for one bounded read session."""
+    ticks = max(1, round(tuning.heartbeat / tuning.poll))
+    args = [
+        path,
+        str(req.offset),
+        "" if req.dev is None else str(req.dev),
+        "" if req.ino is None else str(req.ino),
+        str(req.head_len),
+        f"{tuning.poll:g}",
+        str(max(1, round(tuning.rotate_wait / tuning.poll))),
+        str(tuning.max_chunk),
+        str(HEAD_BYTES),
+        str(ticks),
+    ]
+    # `timeout` bounds the reader even if SIGPIPE never comes (a silent network cut).
+    inner = " ".join(shlex.quote(a) for a in ["sh", "-c", _SCRIPT, "comfyfleet-logstream", *args])
+    return f"exec timeout {tuning.session_seconds} {inner}"
+
+
+def _known_hosts_line(target: SshTarget, key: asyncssh.SSHKey) -> str:
+    kind, blob = key.export_public_key("openssh").decode().split()[:2]
+    name = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+    return f"{name} {kind} {blob}\n"
+
+
+class _PinningClient(asyncssh.SSHClient):
+    """Accepts an unknown host's key only when no key is recorded for it (first sight)."""
+
+    def __init__(self, may_pin: bool) -> None:
+        self.may_pin = may_pin
+        self.pinned: asyncssh.SSHKey | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        if not self.may_pin:
+            return False
+        self.pinned = key
+        return True
+
+
+async def open_connection(target: SshTarget, *, connect_timeout: float = 10.0):
+    """Connect with keepalive and host-key checks; HostKeyError when the key is refused."""
+    kh_path = target.known_hosts_path
+    try:
+        text = kh_path.read_text()
+    except FileNotFoundError:
+        text = ""
+    known = asyncssh.import_known_hosts(text)
+    has_entry = any(known.match(target.host, "", target.port)[:3])
+    client = _PinningClient(may_pin=target.accept_new_host_key and not has_entry)
+    options: dict = {}
+    if target.key is not None:
+        options["client_keys"] = [str(target.key)]
+        options["agent_path"] = None
+    try:
+        conn, _ = await asyncio.wait_for(
+            asyncssh.create_connection(
+                lambda: client,
+                target.host,
+                target.port,
+                username=target.user,
+                known_hosts=known,
+                keepalive_interval=KEEPALIVE_INTERVAL,
+                keepalive_count_max=KEEPALIVE_COUNT_MAX,
+                login_timeout=connect_timeout,
+                **options,
+            ),
+            connect_timeout,
+        )
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise _host_key_error(target, has_entry) from exc
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        raise ConnectionLost(_describe(exc)) from exc
+    if client.pinned is not None:
+        kh_path.parent.mkdir(parents=True, exist_ok=True)
+        with kh_path.open("a") as fh:
+            fh.write(_known_hosts_line(target, client.pinned))
+    return conn
+
+
+def _host_key_error(target: SshTarget, has_entry: bool) -> HostKeyError:
+    where = str(target.known_hosts_path)
+    if has_entry:
+        return HostKeyError(
+            f"the host key of {target.host}:{target.port} does not match the one in {where}; "
+            "refusing to connect",
+            hint="if the machine was really replaced, remove its old line from that file",
+        )
+    return HostKeyError(
+        f"the host key of {target.host}:{target.port} is not in {where}",
+        hint="pass --accept-new-host-key to pin it on first sight",
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+class ReadSession:
+    """One running remote reader: ``await next_event()`` until it returns None (ended)."""
+
+    def __init__(self, process: asyncssh.SSHClientProcess, tuning: ReadTuning) -> None:
+        self._proc = process
+        self._tuning = tuning
+
+    @classmethod
+    async def start(cls, conn, path: str, req: SessionRequest, tuning: ReadTuning) -> ReadSession:
+        """Start the remote reader for ``req`` on an open connection."""
+        try:
+            proc = await conn.create_process(
+                remote_command(path, req, tuning), encoding=None, stderr=asyncssh.DEVNULL
+            )
+        except (OSError, asyncssh.Error) as exc:
+            raise ConnectionLost(_describe(exc)) from exc
+        proc.stdin.write_eof()
+        return cls(proc, tuning)
+
+    async def next_event(self) -> Event | None:
+        """The next meaningful event, or None when the session ended normally."""
+        while True:
+            header = await self._read(self._proc.stdout.readline())
+            if not header:
+                return None
+            ev = await self._parse(header.split())
+            if ev is not None:
+                return ev
+
+    def close(self) -> None:
+        """Close the channel without waiting: the remote loop dies on TERM (OpenSSH >= 7.9
+        delivers signal requests) or, at the latest, with SIGPIPE at its next heartbeat."""
+        try:
+            self._proc.terminate()
+        except (OSError, asyncssh.Error):
+            pass
+        self._proc.close()
+
+    async def _read(self, aw):
+        try:
+            return await asyncio.wait_for(aw, self._tuning.stall)
+        except TimeoutError as exc:
+            raise ConnectionLost(f"no data or heartbeat for {self._tuning.stall:g}s") from exc
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionLost("remote reader ended mid-record") from exc
+        except (OSError, asyncssh.Error) as exc:
+            raise ConnectionLost(_describe(exc)) from exc
+
+    async def _parse(self, parts: list[bytes]) -> Event | None:
+        try:
+            kind = parts[0]
+            if kind == b"W" or parts == [b"K"]:
+                return None
+            if kind == b"K":
+                return Checked(int(parts[1]), parts[2].decode())
+            if kind == b"O":
+                dev, ino, size = (int(p) for p in parts[1:4])
+                mode = parts[5].decode()
+                if mode not in ("new", "same", "old"):
+                    raise ValueError(mode)
+                return Opened(dev, ino, size, parts[4].decode(), mode)  # type: ignore[arg-type]
+            if kind == b"D":
+                data = await self._read(self._proc.stdout.readexactly(int(parts[1])))
+                check = (await self._read(self._proc.stdout.readline())).split()
+                if len(check) != 3 or check[0] != b"V":
+                    raise ValueError("missing V record")
+                return Chunk(data, int(check[1]), check[2].decode())
+            if kind == b"R":
+                return Rotated()
+            if kind == b"T":
+                return Truncated(int(parts[1]))
+            if kind == b"G":
+                return Gone()
+        except (IndexError, ValueError) as exc:
+            raise ConnectionLost(f"garbled record from the remote reader: {exc}") from exc
+        raise ConnectionLost(f"unknown record from the remote reader: {parts[:1]!r}")
