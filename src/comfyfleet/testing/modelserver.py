@@ -161,6 +161,8 @@ class ModelServer:
         #: a second port for the CDN, so a redirect to it changes origin as a real CDN's does
         self.cdn_port = 0
         self.requests: list[RequestRecord] = []
+        #: delay before answering every request, in seconds (a distant server, for benchmarks)
+        self.latency = 0.0
         self.cdn: dict[str, StoredFile] = {}
         self.plain: dict[str, StoredFile] = {}
         self.hf: dict[str, HFRepo] = {}
@@ -325,6 +327,8 @@ class ModelServer:
         self.requests.append(
             RequestRecord(request.method, request.path, request.query_string, dict(request.headers))
         )
+        if self.latency:
+            await asyncio.sleep(self.latency)
         return await handler(request)
 
     @staticmethod
