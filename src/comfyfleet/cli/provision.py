@@ -1,1 +1,179 @@
-"""Placeholder: filled in by its issue."""
+"""``comfyfleet provision | verify | start | stop | status`` (DESIGN.md CLI contract)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from comfyfleet import runtime
+from comfyfleet.cli.app import app, emit_json, run
+from comfyfleet.manifest import load_manifest
+from comfyfleet.redact import redact_text
+
+MANIFEST = typer.Argument(..., help="The manifest (TOML or YAML).", show_default=False)
+ROOT = typer.Option(..., "--root", help="The directory to provision (ComfyUI, models, state).")
+JSON = typer.Option(False, "--json", help="Print one JSON document on stdout (progress on stderr).")
+
+
+def _err(line: str) -> None:
+    print(redact_text(line), file=sys.stderr, flush=True)
+
+
+def render_event(event: dict[str, Any]) -> None:
+    """Human progress on stderr for the events the download renderer does not show."""
+    name = event["event"]
+    if name == "phase_started":
+        _err(f"==> {event['phase']}")
+    elif name == "node_installed":
+        _err(f"    node {event['name']}: {event['status']} ({(event.get('commit') or '')[:12]})")
+    elif name == "node_failed":
+        level = (
+            "FAILED (critical)" if event.get("critical") else "failed (non-critical, continuing)"
+        )
+        _err(f"    node {event['name']}: {level}: {(event.get('error') or '').splitlines()[0:1]}")
+    elif name == "validation" and event.get("status") != "ok":
+        _err(f"    {event['status']}: {event['name']}: {event.get('detail', '')}")
+    elif name == "comfyui_started":
+        _err(f"    ComfyUI {event['action']} (pid {event['pid']}, port {event['port']})")
+    elif name == "comfyui_ready":
+        _err(f"    ComfyUI ready at {event['url']}")
+    elif name == "run_failed":
+        _err(f"PROVISIONING FAILED: {event.get('reason', '')}")
+    elif name == "run_completed":
+        _err(f"PROVISIONING COMPLETE in {event.get('seconds', 0):.1f}s")
+
+
+@app.command()
+def provision(
+    manifest: Path = MANIFEST,
+    root: Path = ROOT,
+    strict: bool = typer.Option(False, "--strict", help="Any warning fails the run."),
+    no_start: bool = typer.Option(
+        False, "--no-start", help="Install and verify; don't start ComfyUI."
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """Install ComfyUI, custom nodes, models and workflows; verify; start ComfyUI until ready."""
+    from comfyfleet.provision import provision as do_provision
+
+    def body() -> int:
+        m = load_manifest(manifest)
+        report = asyncio.run(
+            do_provision(
+                m,
+                root,
+                strict=strict or None,
+                start=not no_start,
+                progress=None,
+                on_event=render_event,
+            )
+        )
+        if json_out:
+            emit_json(report.to_json())
+        if not report.ok:
+            _err(f"error: {report.reason}")
+            _err(f"see {root / '.comfyfleet' / 'provision.log'} and errors.log")
+            return 1
+        if report.comfyui is not None:
+            _err(
+                f"ComfyUI is running (pid {report.comfyui.pid}) on port {report.comfyui.port}; "
+                f"stop it with: comfyfleet stop --root {root}"
+            )
+        return 0
+
+    run(body)
+
+
+@app.command("verify")
+def verify_cmd(
+    manifest: Path = MANIFEST,
+    root: Path = ROOT,
+    strict: bool = typer.Option(False, "--strict", help="Warnings fail too."),
+    json_out: bool = JSON,
+) -> None:
+    """Check models (present, verified), nodes (at their refs) and \\[validate] minimums."""
+    from comfyfleet.verify import verify
+
+    def body() -> int:
+        m = load_manifest(manifest)
+        report = asyncio.run(verify(m, root.resolve(), strict=strict or None))
+        if json_out:
+            emit_json(report.to_json())
+        else:
+            width = max((len(c.name) for c in report.checks), default=10)
+            for c in report.checks:
+                print(f"{c.status.upper():5} {c.name:<{width}}  {c.detail}")
+            print("OK" if report.ok else "FAILED" + (" (strict)" if report.strict else ""))
+        return 0 if report.ok else 1
+
+    run(body)
+
+
+@app.command()
+def start(manifest: Path = MANIFEST, root: Path = ROOT, json_out: bool = JSON) -> None:
+    """Start ComfyUI as the manifest says (or adopt a healthy one) and wait until ready."""
+    from comfyfleet.provision import start_comfyui
+
+    def body() -> int:
+        m = load_manifest(manifest)
+        info = asyncio.run(start_comfyui(m, root.resolve(), on_info=_err))
+        if json_out:
+            emit_json(info.to_json())
+        for w in info.report.warnings:
+            _err(f"warning: {w}")
+        if not info.ready:
+            for p in info.report.problems:
+                _err(f"not ready: {p}")
+            return 1
+        _err(f"ComfyUI ready on port {info.port} (pid {info.pid}, {info.action})")
+        return 0
+
+    run(body)
+
+
+@app.command()
+def stop(root: Path = ROOT, json_out: bool = JSON) -> None:
+    """Stop the ComfyUI of ROOT (process group: TERM, then KILL after a grace period)."""
+
+    def body() -> int:
+        result = asyncio.run(runtime.stop(root.resolve()))
+        if json_out:
+            emit_json(result)
+        elif result["stopped"]:
+            _err(
+                f"stopped ComfyUI (pid {result['pid']})" + (" (killed)" if result["killed"] else "")
+            )
+        elif result["stale"]:
+            _err(
+                f"stale PID file (pid {result['pid']} is not our ComfyUI): removed, "
+                "nothing signalled"
+            )
+        else:
+            _err("nothing running")
+        return 0
+
+    run(body)
+
+
+@app.command()
+def status(root: Path = ROOT, json_out: bool = JSON) -> None:
+    """Whether ComfyUI runs and answers: pid, port, health, uptime (exit 1 unless healthy)."""
+
+    def body() -> int:
+        doc = asyncio.run(runtime.status(root.resolve()))
+        if json_out:
+            emit_json(doc)
+        elif doc["running"]:
+            health = "healthy" if doc["healthy"] else "NOT answering"
+            print(
+                f"running pid {doc['pid']} port {doc['port']} {health}, up {doc['uptime_s']:.0f}s"
+            )
+        else:
+            print("not running")
+        return 0 if doc["running"] and doc["healthy"] else 1
+
+    run(body)
