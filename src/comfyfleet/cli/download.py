@@ -1,1 +1,91 @@
-"""Placeholder: filled in by its issue."""
+"""``comfyfleet download MANIFEST --root DIR [--json]``: every model, verified, in parallel."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import typer
+
+from comfyfleet.cli.app import app, emit_json, run
+from comfyfleet.download import DownloadReport, download_all
+from comfyfleet.errors import Interrupted
+from comfyfleet.events import RunLog
+from comfyfleet.manifest import load_manifest
+from comfyfleet.units import format_size
+
+
+async def _cancellable(manifest_path: Path, root: Path, log: RunLog, progress: bool | None):
+    """Run the downloads; SIGINT and SIGTERM cancel them cleanly (resumable, exit 130)."""
+    manifest = load_manifest(manifest_path)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    caught: list[str] = []
+
+    def stop(name: str) -> None:
+        caught.append(name)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig.name)
+    try:
+        return await download_all(manifest, root, log, progress=progress)
+    except asyncio.CancelledError:
+        if caught:
+            raise Interrupted(
+                f"stopped by {caught[0]}; partial downloads are kept as .part files — "
+                "run the same command again to resume"
+            ) from None
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def summary(report: DownloadReport) -> str:
+    """The end summary: counts, bytes, wall time, mean throughput, and each failure."""
+    lines = [
+        f"downloads: {report.count('verified')} verified, {report.count('skipped')} "
+        f"skipped (already present), {report.count('failed')} failed — "
+        f"{format_size(report.bytes)} in {report.seconds:.1f}s "
+        f"({format_size(report.throughput)}/s)"
+    ]
+    for f in report.files:
+        if f.status == "failed":
+            kind = "required" if f.required else "optional, ignored"
+            lines.append(f"  FAILED ({kind}) {f.folder}/{f.filename}: {f.error}")
+    lines.append("details: ROOT/.comfyfleet/errors.log" if report.count("failed") else "ok")
+    return "\n".join(lines)
+
+
+@app.command("download")
+def download(
+    manifest: Path = typer.Argument(..., help="The manifest (TOML or YAML)."),
+    root: Path = typer.Option(..., "--root", help="Where ComfyUI and its models live."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document to stdout."),
+) -> None:
+    """Download every model of MANIFEST into ROOT, verified (exit 1 if a required one failed)."""
+
+    def body() -> int:
+        load_manifest(manifest)  # a bad manifest exits 2 before anything is created
+        root.mkdir(parents=True, exist_ok=True)
+        log = RunLog(root, "download")
+        try:
+            report = asyncio.run(_cancellable(manifest, root, log, None))
+        except Interrupted as exc:
+            log.finish(False, "interrupted")
+            if json_out:
+                emit_json({"ok": False, "interrupted": True, "files": [], "bytes": 0,
+                           "seconds": round(log.elapsed, 3)})  # fmt: skip
+            raise exc
+        failed = [f for f in report.files if f.status == "failed" and f.required]
+        log.finish(report.ok, "" if report.ok else f"{len(failed)} required file(s) failed")
+        print(summary(report), file=sys.stderr if json_out else sys.stdout)
+        if json_out:
+            emit_json(report.to_json())
+        return 0 if report.ok else 1
+
+    run(body)

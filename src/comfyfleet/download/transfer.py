@@ -1,0 +1,350 @@
+"""One HTTP GET of one byte range (or the whole body) into a part file.
+
+aiohttp facts this module is built on (reference/downloaders.md §4): its default
+``ClientTimeout(total=300)`` kills long downloads, so sessions use ``total=None``; it asks for
+gzip by default, which makes some CDNs ignore ``Range`` — we send ``Accept-Encoding: identity``
+and check that a ranged reply is a 206 with the matching ``Content-Range``; a mid-body drop is
+a ``ClientPayloadError`` and the bytes before it are good, so they are kept and the range
+resumes from the last byte written. Stalls are detected by throughput, not by a read timeout:
+a connection below ``min_speed`` over ``stall_timeout`` is dropped (:class:`StallWatch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from comfyfleet.download.partfile import PartFile
+from comfyfleet.download.segments import Claim, Segments
+from comfyfleet.download.verify import MODEL_EXTENSIONS
+from comfyfleet.errors import (
+    AccessDenied,
+    DownloadError,
+    NotAModel,
+    NotFound,
+    RateLimited,
+    ServerError,
+    SignatureExpired,
+    SourceError,
+    Stalled,
+    TokenRequired,
+    Unreachable,
+)
+from comfyfleet.redact import redact_url
+from comfyfleet.sources.base import USER_AGENT, RemoteFile
+
+#: bytes gathered from the socket before one pwrite (in a thread): big enough to amortise the
+#: thread hop, small enough that memory stays bounded (≤ this × connections)
+WRITE_BUFFER = 1024 * 1024
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+class RangeIgnored(DownloadError):
+    """The server answered a ranged GET with 200 (whole body): only one stream is possible."""
+
+
+class Dropped(DownloadError):
+    """The connection broke before the range was complete (retried from the last byte)."""
+
+
+def session_timeout() -> aiohttp.ClientTimeout:
+    """No total timeout (a 25 GB file takes long); connects still time out."""
+    return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=30, sock_read=None)
+
+
+def backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base·2^attempt)]."""
+    return random.uniform(0, min(cap, base * 2 ** max(0, attempt)))
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def status_error(status: int, url: str, headers: dict[str, str] | None, body: str) -> SourceError:
+    """Classify a non-2xx answer of the data server."""
+    where = redact_url(url)
+    snippet = body.strip().replace("\n", " ")[:200]
+    retry_after = parse_retry_after((headers or {}).get("Retry-After"))
+    if status == 429:
+        return RateLimited(
+            f"HTTP 429 from {where}",
+            hint="the server rate-limits downloads (Civitai: download quota); lower "
+            "download.per_host for it",
+            retry_after=retry_after,
+        )
+    if status in (408, 500, 502, 503, 504) or status >= 500:
+        return ServerError(f"HTTP {status} from {where}", retry_after=retry_after)
+    if status in (401,):
+        return TokenRequired(f"HTTP 401 from {where}: {snippet}", hint="set the right token")
+    if status == 404:
+        return NotFound(f"HTTP 404 from {where}", hint="check the URL")
+    if status in (403, 410):
+        return AccessDenied(f"HTTP {status} from {where}: {snippet}")
+    return SourceError(f"HTTP {status} from {where}: {snippet}")
+
+
+class StallWatch:
+    """Drops a connection whose throughput stays below ``min_speed`` for ``stall_timeout``.
+
+    A timer samples the byte count a few times per window (no per-chunk timers); when the
+    bytes over the last ``stall_timeout`` seconds are under ``min_speed × stall_timeout`` it
+    fires the ``asyncio.timeout`` the reader runs under.
+    """
+
+    def __init__(self, stall_timeout: float, min_speed: int) -> None:
+        self.window = max(0.05, stall_timeout)
+        self.min_speed = min_speed
+        self.received = 0
+        self.stalled = False
+        self._samples: list[tuple[float, int]] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self._cm: asyncio.Timeout | None = None
+
+    def start(self, cm: asyncio.Timeout) -> None:
+        loop = asyncio.get_running_loop()
+        self._cm = cm
+        self._samples = [(loop.time(), 0)]
+        self._handle = loop.call_later(self.window / 4, self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._samples.append((now, self.received))
+        while len(self._samples) > 1 and self._samples[1][0] <= now - self.window:
+            self._samples.pop(0)
+        t0, b0 = self._samples[0]
+        if now - t0 >= self.window * 0.999 and (self.received - b0) < self.min_speed * (now - t0):
+            self.stalled = True
+            if self._cm is not None:
+                self._cm.reschedule(now)
+            return
+        self._handle = loop.call_later(self.window / 4, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+@dataclass
+class TransferSettings:
+    stall_timeout: float
+    min_speed: int
+
+
+def request_headers(remote: RemoteFile) -> dict[str, str]:
+    headers = {"User-Agent": USER_AGENT, **remote.fetch_headers}
+    headers["Accept-Encoding"] = "identity"
+    return headers
+
+
+def _check_content_type(resp: aiohttp.ClientResponse, filename: str) -> None:
+    ctype = resp.headers.get("Content-Type", "").lower()
+    if Path(filename).suffix.lower() in MODEL_EXTENSIONS and ctype.startswith(
+        ("text/html", "application/xhtml")
+    ):
+        raise NotAModel(
+            f"{filename}: the server sent an HTML page ({ctype}), not a model",
+            hint="usually a login or error page: check the URL and the token "
+            "(HF_TOKEN / CIVITAI_TOKEN)",
+        )
+
+
+async def _raise_for_status(resp: aiohttp.ClientResponse, remote: RemoteFile) -> None:
+    if resp.status in (200, 206):
+        return
+    try:
+        body = (await resp.content.read(512)).decode("utf-8", "replace")
+    except (TimeoutError, aiohttp.ClientError):
+        body = ""
+    if resp.status in (403, 410) and remote.fetch_url != remote.url:
+        raise SignatureExpired(
+            f"HTTP {resp.status} from the CDN {redact_url(remote.fetch_url)} (expired signature?)"
+        )
+    raise status_error(resp.status, remote.fetch_url, dict(resp.headers), body)
+
+
+async def fetch_range(
+    session: aiohttp.ClientSession,
+    remote: RemoteFile,
+    seg: Segments,
+    claim: Claim,
+    part: PartFile,
+    settings: TransferSettings,
+    *,
+    if_range: str | None,
+    on_bytes: Callable[[int], None],
+) -> None:
+    """GET ``[claim.pos, claim.end)`` and write it; return when the claim is done or stolen.
+
+    Raises :class:`RangeIgnored` on a 200, :class:`Dropped`/:class:`Stalled` when the
+    connection breaks (the bytes before the break are kept), or a classified SourceError.
+    """
+    headers = request_headers(remote)
+    # A thief may shrink claim.end while this request is in flight: check the reply against
+    # what was asked, and stop writing where the claim ends.
+    first, last = claim.pos, claim.end - 1
+    headers["Range"] = f"bytes={first}-{last}"
+    if if_range:
+        headers["If-Range"] = if_range
+    watch = StallWatch(settings.stall_timeout, settings.min_speed)
+    buf = bytearray()
+    resp: aiohttp.ClientResponse | None = None
+    done = False
+
+    async def flush() -> bool:
+        """Write the buffer at the claim's position; False if the claim was cut short."""
+        nonlocal buf
+        if not buf:
+            return True
+        n = seg.reserve(claim, len(buf))
+        if n:
+            await asyncio.to_thread(part.pwrite, memoryview(buf)[:n], claim.pos)
+            on_bytes(seg.advance(claim, n))
+        whole = n == len(buf)
+        buf = bytearray()
+        return whole and not claim.closed
+
+    try:
+        async with asyncio.timeout(None) as cm:
+            watch.start(cm)
+            try:
+                resp = await session.get(remote.fetch_url, headers=headers)
+                await _raise_for_status(resp, remote)
+                _check_content_type(resp, remote.filename)
+                if resp.status == 200:
+                    raise RangeIgnored(f"{redact_url(remote.fetch_url)} ignored the Range header")
+                m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                if (
+                    not m
+                    or int(m.group(1)) != first
+                    or int(m.group(2)) != last
+                    or (m.group(3) != "*" and int(m.group(3)) != seg.size)
+                ):
+                    raise ServerError(
+                        f"{redact_url(remote.fetch_url)} answered bytes={first}-{last} "
+                        "with Content-Range "
+                        f"{resp.headers.get('Content-Range')!r}"
+                    )
+                async for chunk in resp.content.iter_any():
+                    watch.received += len(chunk)
+                    buf += chunk
+                    if len(buf) >= WRITE_BUFFER and not await flush():
+                        break
+                    if claim.closed:
+                        break
+                else:
+                    done = True
+                await flush()
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                if watch.stalled:
+                    raise TimeoutError from None
+                await flush()
+                if isinstance(exc, aiohttp.ClientConnectorError):
+                    raise Unreachable(
+                        f"cannot connect to {redact_url(remote.fetch_url)}: {exc}"
+                    ) from None
+                raise Dropped(
+                    f"connection to {redact_url(remote.fetch_url)} dropped at byte {claim.pos} "
+                    f"({type(exc).__name__})"
+                ) from None
+    except TimeoutError:
+        await flush()
+        if watch.stalled:
+            raise Stalled(
+                f"below {settings.min_speed} B/s for {settings.stall_timeout:g}s at byte "
+                f"{claim.pos} of {redact_url(remote.fetch_url)}; range requeued",
+            ) from None
+        raise
+    finally:
+        watch.stop()
+        if resp is not None:
+            if done:
+                resp.release()
+            else:
+                resp.close()  # a partially read body: the connection cannot be reused
+    if done and claim.remaining and not claim.closed:
+        raise Dropped(
+            f"{redact_url(remote.fetch_url)} ended the body early at byte {claim.pos} "
+            f"of range ending {claim.end}"
+        )
+
+
+async def fetch_whole(
+    session: aiohttp.ClientSession,
+    remote: RemoteFile,
+    part: PartFile,
+    settings: TransferSettings,
+    *,
+    on_chunk: Callable[[bytes], None],
+) -> int:
+    """GET the whole body in one stream (no ranges) and write it from offset 0.
+
+    ``on_chunk`` runs in the writer thread (hashing in order). Returns the bytes written.
+    """
+    headers = request_headers(remote)
+    watch = StallWatch(settings.stall_timeout, settings.min_speed)
+    written = 0
+    buf = bytearray()
+
+    def write(data: bytes, offset: int) -> None:
+        part.pwrite(data, offset)
+        on_chunk(data)
+
+    try:
+        async with asyncio.timeout(None) as cm:
+            watch.start(cm)
+            async with session.get(remote.fetch_url, headers=headers) as resp:
+                await _raise_for_status(resp, remote)
+                _check_content_type(resp, remote.filename)
+                try:
+                    async for chunk in resp.content.iter_any():
+                        watch.received += len(chunk)
+                        buf += chunk
+                        if len(buf) >= WRITE_BUFFER:
+                            data, buf = bytes(buf), bytearray()
+                            await asyncio.to_thread(write, data, written)
+                            written += len(data)
+                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+                    if watch.stalled:
+                        raise TimeoutError from None
+                    raise Dropped(
+                        f"connection to {redact_url(remote.fetch_url)} dropped after "
+                        f"{written + len(buf)} bytes of a single-stream download"
+                    ) from None
+                if buf:
+                    await asyncio.to_thread(write, bytes(buf), written)
+                    written += len(buf)
+    except TimeoutError:
+        if watch.stalled:
+            raise Stalled(
+                f"below {settings.min_speed} B/s for {settings.stall_timeout:g}s in a "
+                f"single-stream download of {redact_url(remote.fetch_url)}"
+            ) from None
+        raise
+    except aiohttp.ClientConnectorError as exc:
+        raise Unreachable(f"cannot connect to {redact_url(remote.fetch_url)}: {exc}") from None
+    finally:
+        watch.stop()
+    return written
