@@ -300,8 +300,10 @@ def format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
+        elif re.fullmatch(r"[A-Za-z_][\w\-]*", str(part)):
             out += ("." if out else "") + str(part)
+        else:  # a key that is not a plain name (empty, spaces, dots): show it quoted
+            out += f"[{str(part)!r}]"
     return out or "(top level)"
 
 

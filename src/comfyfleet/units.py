@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _SIZE_UNITS = {
@@ -31,9 +32,13 @@ def parse_size(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a size such as 256KiB or 100MiB, got a boolean")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"a size must be a finite number of bytes, got {value}")
         if value < 0:
             raise ValueError("a size cannot be negative")
         return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a size such as 256KiB or 100MiB, got {type(value).__name__}")
     match = _SIZE.match(value)
     if not match or match.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(
@@ -48,9 +53,13 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 60s or 15m, got a boolean")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"a duration must be a finite number of seconds, got {value}")
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration such as 60s or 15m, got {type(value).__name__}")
     text = value.strip().lower()
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
         return float(text)
