@@ -32,7 +32,7 @@ from comfyfleet.sources.huggingface import resolve_url_for
 from comfyfleet.units import format_size
 
 #: probes in flight at once
-DEFAULT_CONCURRENCY = 16
+DEFAULT_CONCURRENCY = 64
 #: free space kept beyond the models' total: a fraction of it plus a fixed amount
 HEADROOM_FRACTION = 0.05
 HEADROOM_FIXED = 1 << 30

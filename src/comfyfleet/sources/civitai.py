@@ -8,6 +8,8 @@ or, to a browser-like User-Agent, a redirect to an HTML login page (we never loo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -154,6 +156,38 @@ async def resolve_civitai(
     vid = civitai_version_id(target)
     if vid is None:
         raise NotFound(f"not a Civitai download URL: {redact_url(url)}")
+    api_base = target[: target.index("/api/download/")]
+    api_url = f"{api_base}/api/v1/model-versions/{vid}"
+    # The API answer is independent of the probes: ask in parallel (one round trip less),
+    # and cancel it if the probes fail.
+    api = asyncio.ensure_future(version_info(session, api_url, civitai_file_id(target), attempts))
+    try:
+        remote = await _probe_download(session, entry, url, target, vid, attempts)
+    except BaseException:
+        api.cancel()
+        with contextlib.suppress(BaseException):
+            await api
+        raise
+    info = await api
+    api_name = info.name if info else None
+    if not entry.filename and not remote.served_filename and api_name:
+        remote.filename = api_name
+    remote.sha256 = entry.sha256 or (info.sha256 if info else None)
+    remote.approx_size = info.approx_size if info else None
+    served = remote.served_filename or remote.filename
+    remote.api_filename = api_name if api_name and api_name != served else None
+    return remote
+
+
+async def _probe_download(
+    session: aiohttp.ClientSession,
+    entry: ModelEntry,
+    url: str,
+    target: str,
+    vid: int,
+    attempts: int,
+) -> CivitaiFile:
+    """The download URL's redirect and the CDN's answer to a 1-byte probe."""
     headers = {**auth_headers(target), "Range": RANGE_PROBE, "Accept-Encoding": "identity"}
     token_sent = "Authorization" in headers
     current = target
@@ -212,12 +246,8 @@ async def resolve_civitai(
         cl = data.headers.get("Content-Length", "")
         size = int(cl) if cl.isdigit() else None
 
-    api_base = target[: target.index("/api/download/")]
-    info = await version_info(
-        session, f"{api_base}/api/v1/model-versions/{vid}", civitai_file_id(target), attempts
-    )
-    api_name = info.name if info else None
-    filename = entry.filename or served_name or api_name or filename_from_url(target)
+    # The URL's last segment is the version id, a poor name: the API's name is tried first.
+    filename = entry.filename or served_name or filename_from_url(target)
     if not filename:
         raise NotFound(f"cannot tell a file name for {redact_url(url)}")
     return CivitaiFile(
@@ -225,13 +255,11 @@ async def resolve_civitai(
         kind="civitai",
         filename=filename,
         size=size if size is not None else entry.size,
-        sha256=entry.sha256 or (info.sha256 if info else None),
+        sha256=entry.sha256,
         fetch_url=fetch_url,
         fetch_headers=fetch_headers,
         etag=data.headers.get("ETag") if location else None,
         accept_ranges=data.status == 206,
-        api_filename=api_name if api_name and api_name != (served_name or filename) else None,
         served_filename=served_name,
-        approx_size=info.approx_size if info else None,
         version_id=vid,
     )
