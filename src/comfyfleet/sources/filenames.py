@@ -17,7 +17,7 @@ def _params(header: str) -> dict[str, str]:
     for m in _PARAM.finditer(rest):
         value = m["value"].strip()
         if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            value = re.sub(r"\\([\"\\])", r"\1", value[1:-1])
         out.setdefault(m["name"].lower(), value)
     return out
 
