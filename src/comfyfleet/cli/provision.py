@@ -23,11 +23,16 @@ def _err(line: str) -> None:
     print(redact_text(line), file=sys.stderr, flush=True)
 
 
+_last_phase: list[str] = [""]
+
+
 def render_event(event: dict[str, Any]) -> None:
     """Human progress on stderr for the events the download renderer does not show."""
     name = event["event"]
     if name == "phase_started":
-        _err(f"==> {event['phase']}")
+        if event["phase"] != _last_phase[0]:
+            _err(f"==> {event['phase']}")
+        _last_phase[0] = event["phase"]
     elif name == "node_installed":
         _err(f"    node {event['name']}: {event['status']} ({(event.get('commit') or '')[:12]})")
     elif name == "node_failed":
