@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,9 @@ class FollowOptions:
     tuning: ReadTuning = field(default_factory=ReadTuning)
     backoff_base: float = 0.25
     backoff_cap: float = 10.0
+    #: lines reach LOCAL at once; fsync + checkpoint happen at most this often (and at every
+    #: heartbeat, session end and exit), so many hosts in one loop do not drown in fsyncs
+    commit_interval: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ async def follow(
     except TimeoutError:
         return run.result("timeout", run.timeout_message())
     finally:
+        run.commit_now()  # also on cancellation: keep what was delivered
         out.close()
 
 
@@ -159,6 +164,10 @@ class _Run:
         self.status = on_status
         self.last_error = ""
         self.connected_before = False
+        self.dirty = False
+        self.committed_at = 0.0
+        self.commit_lock = threading.Lock()
+        self._progressed = False  # whether the last session produced any event
 
     def result(self, outcome: Literal["complete", "failed", "timeout"], message: str):
         c = self.reader.position.counters
@@ -174,6 +183,18 @@ class _Run:
         )
         return f"{msg} (last connection error: {self.last_error})" if self.last_error else msg
 
+    def commit_now(self) -> None:
+        """fsync LOCAL, then record the position: the exactly-once ordering."""
+        # A cancelled to_thread() call keeps running; the lock keeps two writers of the
+        # temp file apart.
+        with self.commit_lock:
+            if not self.dirty:
+                return
+            position = self.reader.position
+            self.out.sync()
+            checkpoint.save(self.target.state_path, position, source=self.target.source)
+            self.dirty = False
+
     async def until_marker(self) -> FollowResult:
         attempt = 0
         while True:
@@ -186,14 +207,19 @@ class _Run:
                 self.reader = Reader(reconnected(self.reader.position))
             self.connected_before = True
             try:
-                async with conn:
-                    result = await self._sessions(conn)
-                    if result is not None:
-                        return result
+                result = await self._sessions(conn)
             except ConnectionLost as exc:
+                # abort(), not close(): a polite close can wait on a peer that is gone.
+                conn.abort()
                 # Anything read but not committed is dropped and read again from the offset.
                 self.reader = resume(self.reader.position)
                 attempt = await self._backoff(0 if self._progressed else attempt, exc)
+            except BaseException:
+                conn.abort()  # deadline or cancellation
+                raise
+            else:
+                conn.close()
+                return result
 
     async def _backoff(self, attempt: int, exc: ConnectionLost) -> int:
         self.last_error = str(exc)
@@ -203,7 +229,7 @@ class _Run:
         await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
         return attempt + 1
 
-    async def _sessions(self, conn) -> FollowResult | None:
+    async def _sessions(self, conn) -> FollowResult:
         tuning = self.options.tuning
         while True:
             self.reader = resume(self.reader.position)
@@ -219,8 +245,6 @@ class _Run:
             if not self._progressed:
                 await asyncio.sleep(tuning.poll)  # the reader ended early (file vanished)
 
-    _progressed = False
-
     async def _drive(self, session: ReadSession) -> FollowResult | None:
         while (event := await session.next_event()) is not None:
             self._progressed = True
@@ -228,17 +252,23 @@ class _Run:
             self.reader = st.reader
             if st.append:
                 self.out.append(st.append)
-            if st.commit:
-                self.out.sync()
-                checkpoint.save(
-                    self.target.state_path, self.reader.position, source=self.target.source
-                )
+            self.dirty = self.dirty or st.commit
+            loop = asyncio.get_running_loop()
+            if self.dirty and (
+                st.end_session
+                or not st.append
+                or loop.time() - self.committed_at >= self.options.commit_interval
+            ):
+                # fsync blocks: run it off the event loop so other followers keep going.
+                await asyncio.to_thread(self.commit_now)
+                self.committed_at = loop.time()
             if st.lines:
                 if self.on_line is not None:
                     for line in st.lines:
                         self.on_line(line)
                 hit = self.options.markers.first_match(st.lines)
                 if hit is not None:
+                    self.commit_now()
                     outcome, line = hit
                     verb = "completed" if outcome == "complete" else "reported failure"
                     return self.result(outcome, f"{self.target.path} {verb}: {line}")

@@ -1,0 +1,179 @@
+"""Benchmark `comfyfleet logs follow` on loopback through a real sshd (not a timed test).
+
+Measures, with the follower running as the real CLI in its own process:
+  * write → arrival-in-LOCAL latency p50/p99 at 100 and 1,000 lines/s,
+  * throughput for a burst of 100 MB of log lines,
+  * the follower's CPU use (user+system, % of one core) at 100 lines/s.
+
+Run:  python benchmarks/logstream_latency.py  [--seconds 10] [--burst-mb 100]
+Targets (issue 5): p99 <= 250 ms, >= 20 MB/s burst, < 5 % of one core at 100 lines/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from sshd import SshServer, wait_until
+
+LINE = 100  # bytes per line, newline included (a typical provisioning log line)
+
+
+class Arrivals(threading.Thread):
+    """Tails LOCAL from this process and notes when each line appeared (1 ms polling)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.size = 0
+        self.latencies_ns: dict[str, list[int]] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.path.exists():
+            time.sleep(0.001)
+        buf = b""
+        with self.path.open("rb") as fh:
+            while not self.stop.is_set():
+                data = fh.read()
+                if not data:
+                    time.sleep(0.001)
+                    continue
+                now = time.time_ns()
+                self.size += len(data)
+                buf += data
+                cut = buf.rfind(b"\n") + 1
+                for line in buf[:cut].split(b"\n")[:-1]:
+                    if line.startswith(b"lat "):
+                        _, phase, sent = line.split(b" ", 3)[:3]
+                        self.latencies_ns.setdefault(phase.decode(), []).append(now - int(sent))
+                buf = buf[cut:]
+
+
+def pace(log_fd: int, phase: str, rate: int, seconds: float) -> None:
+    """Append ``rate`` timestamped lines per second for ``seconds`` (absolute schedule)."""
+    start = time.monotonic()
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        head = f"lat {phase} {time.time_ns()} {i} ".encode()
+        os.write(log_fd, head.ljust(LINE - 1, b".") + b"\n")
+
+
+def remote_cpu(sshd: SshServer) -> float:
+    """CPU seconds of the remote side so far: per-connection sshd, the sh loop and the
+    coreutils it ran (reaped children are counted in their parent's children_* times)."""
+    total = 0.0
+    for conn in sshd.connections():
+        try:
+            procs = [conn, *conn.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for p in procs:
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def pct(values: list[int], q: float) -> float:
+    """The q-quantile in milliseconds."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=10.0, help="duration of each rate phase")
+    ap.add_argument("--burst-mb", type=int, default=100)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="logstream-bench-") as tmp:
+        root = Path(tmp)
+        (root / "sshd").mkdir()
+        sshd = SshServer(root / "sshd")
+        sshd.start()
+        remote, local = root / "provision.log", root / "local.log"
+        log_fd = os.open(remote, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(log_fd, b"warm-up\n")
+        argv = [
+            sys.executable, "-c", "from comfyfleet.cli import main; main()", "logs", "follow",
+            "--host", "127.0.0.1", "--port", str(sshd.port), "--user", sshd.user,
+            "--key", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts),
+            "--path", str(remote), "--output", str(local), "--timeout", "30m", "--json",
+        ]  # fmt: skip
+        follower = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = psutil.Process(follower.pid)
+        watcher = Arrivals(local)
+        watcher.start()
+        try:
+            wait_until(lambda: watcher.size >= 8, 30, what="the follower to start")
+            rows = []
+
+            cpu0, rcpu0, t0 = proc.cpu_times(), remote_cpu(sshd), time.monotonic()
+            pace(log_fd, "100", 100, args.seconds)
+            cpu1, rcpu1, t1 = proc.cpu_times(), remote_cpu(sshd), time.monotonic()
+            cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t1 - t0) * 100
+            rcpu = (rcpu1 - rcpu0) / (t1 - t0) * 100
+            pace(log_fd, "1000", 1000, args.seconds / 2)
+            expected = os.fstat(log_fd).st_size
+            wait_until(lambda: watcher.size >= expected, 30, what="the rate phases to arrive")
+            for phase in ("100", "1000"):
+                lat = watcher.latencies_ns[phase]
+                rows.append(
+                    (f"latency at {phase} lines/s", f"{len(lat)} lines",
+                     f"p50 {pct(lat, 0.5):.1f} ms", f"p99 {pct(lat, 0.99):.1f} ms",
+                     f"max {max(lat) / 1e6:.1f} ms")
+                )  # fmt: skip
+            rows.append(("follower CPU at 100 lines/s", "", f"{cpu:.2f} % of one core", "", ""))
+            rows.append(
+                ("remote side CPU at 100 lines/s", "", f"{rcpu:.2f} % of one core",
+                 "(sshd + sh loop)", "")
+            )  # fmt: skip
+
+            chunk = b"".join(
+                f"burst {i:08d} ".encode().ljust(LINE - 1, b"#") + b"\n" for i in range(10_000)
+            )  # 1 MB of lines
+            total = args.burst_mb * len(chunk)
+            expected += total
+            b0 = time.monotonic()
+            for _ in range(args.burst_mb):
+                os.write(log_fd, chunk)
+            written = time.monotonic() - b0
+            wait_until(lambda: watcher.size >= expected, 300, 0.001, what="the burst")
+            b1 = time.monotonic()
+            rows.append(
+                (f"burst of {total / 1e6:.0f} MB", f"{(b1 - b0):.2f} s",
+                 f"{total / 1e6 / (b1 - b0):.1f} MB/s", f"(writing took {written:.2f} s)", "")
+            )  # fmt: skip
+            os.write(log_fd, b"PROVISIONING COMPLETE\n")
+            code = follower.wait(60)
+            rows.append(("follower exit code", str(code), "", "", ""))
+        finally:
+            watcher.stop.set()
+            if follower.poll() is None:
+                follower.kill()
+            sshd.stop()
+
+    print(f"logs follow benchmark: loopback sshd, {os.cpu_count()} CPUs, {LINE}-byte lines")
+    print(f"| {'measure':32} | {'n / time':12} | {'result':22} | {'':22} | {'':14} |")
+    print(f"|{'-' * 34}|{'-' * 14}|{'-' * 24}|{'-' * 24}|{'-' * 16}|")
+    for r in rows:
+        print(f"| {r[0]:32} | {r[1]:12} | {r[2]:22} | {r[3]:22} | {r[4]:14} |")
+
+
+if __name__ == "__main__":
+    main()
