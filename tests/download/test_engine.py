@@ -174,3 +174,17 @@ async def test_status_json_and_events_describe_the_run(server, tmp_path):
         assert name in names
     ver = events(tmp_path, "file_verified")[0]
     assert ver["bytes"] == ver["total"] == len(data) and ver["sha256"] == sha(data)
+
+
+async def test_a_stalling_primary_hands_over_to_a_mirror_keeping_the_bytes(server, tmp_path):
+    data = blob(3 * MB, 30)
+    slow = server.add_file("p/x.safetensors", data, stall_after=400_000, stall_seconds=3,
+                           stall_times=50)  # fmt: skip
+    mirror = server.add_file("m/x.safetensors", data)
+    m = manifest([entry(slow, data, mirrors=[mirror])], connections_per_file=2)
+    report = await run(m, tmp_path)
+    assert report.ok and report.files[0].status == "verified"
+    assert "stalled" in errors_log(tmp_path) and "trying a mirror" in errors_log(tmp_path)
+    mirror_gets = server.requests_for("/files/m/", "GET")
+    assert mirror_gets and all(not r.range.startswith("bytes=0-") for r in mirror_gets)
+    no_corrupt_final(tmp_path, {"x.safetensors": data})

@@ -80,6 +80,14 @@ class Verified:
     skipped: bool = False
 
 
+#: stalls on one source before a file moves to its next mirror (when it has one)
+STALLS_BEFORE_MIRROR = 2
+
+
+class SourceSlow(DownloadError):
+    """This source keeps stalling and the file has a mirror: move on (the part file is kept)."""
+
+
 class Hooks:
     """What a file download reports to the scheduler (events, progress, errors.log)."""
 
@@ -118,6 +126,8 @@ class FileDownload:
         settings: DownloadSettings,
         hooks: Hooks,
         reresolve: Callable[[], Awaitable[RemoteFile]],
+        *,
+        has_mirror: bool = False,
     ) -> None:
         self.session = session
         self.entry = entry
@@ -133,6 +143,8 @@ class FileDownload:
                            etag=remote.etag)
         )  # fmt: skip
         self.seg: Segments | None = None
+        self.has_mirror = has_mirror
+        self.stalls = 0
         self.failures = 0
         self.attempts = 0
         self.downloaded = 0
@@ -280,6 +292,13 @@ class FileDownload:
                 f"{type(exc).__name__}: {exc}",
                 hint="the server kept failing; run again later or add a mirror",
             ) from None
+        if isinstance(exc, Stalled):
+            self.stalls += 1
+            if self.has_mirror and self.stalls >= STALLS_BEFORE_MIRROR:
+                raise SourceSlow(
+                    f"{self.dest.name}: {redact_url(self.remote.fetch_url)} stalled "
+                    f"{self.stalls} times ({exc})"
+                ) from None
         if isinstance(exc, SignatureExpired):
             await self._refresh()
         retry_after = getattr(exc, "retry_after", None)

@@ -59,6 +59,9 @@ class Identity:
     def matches(self, other: dict[str, Any]) -> bool:
         if other.get("size") != self.size or other.get("url") != self.url:
             return False
+        if self.sha256 and other.get("sha256"):
+            # The content hash decides (a mirror has another ETag for the same bytes).
+            return self.sha256 == other["sha256"]
         for key in ("sha256", "etag"):
             mine, theirs = getattr(self, key), other.get(key)
             if mine and theirs and mine != theirs:

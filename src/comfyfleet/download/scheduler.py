@@ -360,7 +360,7 @@ class _Run(Hooks):
                     raise job.error
                 else:
                     remote = await self.resolve(job, url)
-                verified = await self._fetch(job, remote, url)
+                verified = await self._fetch(job, remote, url, has_mirror=i + 1 < len(urls))
             except DiskFull as exc:
                 last = exc
                 break
@@ -403,7 +403,9 @@ class _Run(Hooks):
                        error=type(exc).__name__, attempts=None)  # fmt: skip
         self._status(job, "failed", error=reason)
 
-    async def _fetch(self, job: _Job, remote: RemoteFile, url: str) -> Verified:
+    async def _fetch(
+        self, job: _Job, remote: RemoteFile, url: str, *, has_mirror: bool = False
+    ) -> Verified:
         filename = job.entry.filename or remote.filename
         dest = self._dest(job, filename)
         job.filename = dest.name
@@ -422,7 +424,10 @@ class _Run(Hooks):
         async def reresolve() -> RemoteFile:
             return await self.resolve(job, url)
 
-        dl = FileDownload(self.session, job.entry, remote, dest, self.settings, self, reresolve)
+        dl = FileDownload(
+            self.session, job.entry, remote, dest, self.settings, self, reresolve,
+            has_mirror=has_mirror,
+        )  # fmt: skip
         self._by_dl[id(dl)] = job
         try:
             async with asyncio.timeout(self.settings.file_timeout or None):

@@ -43,7 +43,7 @@ from comfyfleet.sources.base import USER_AGENT, RemoteFile
 
 #: bytes gathered from the socket before one pwrite (in a thread): big enough to amortise the
 #: thread hop, small enough that memory stays bounded (≤ this × connections)
-WRITE_BUFFER = 1024 * 1024
+WRITE_BUFFER = 256 * 1024
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 

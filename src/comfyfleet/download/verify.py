@@ -15,7 +15,7 @@ from pathlib import Path
 
 from comfyfleet.errors import ChecksumMismatch, CorruptFile, NotAModel, SizeMismatch
 
-HASH_CHUNK = 4 * 1024 * 1024
+HASH_CHUNK = 1024 * 1024
 #: extensions whose content must be a binary model (an HTML or JSON body is an error page)
 MODEL_EXTENSIONS = frozenset(
     {".safetensors", ".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl", ".sft", ".gguf", ".onnx"}
