@@ -144,6 +144,26 @@ def main() -> None:
                  "(sshd + sh loop)", "")
             )  # fmt: skip
 
+            # Quiet, then sparse lines: the remote loop has slowed to its idle poll.
+            cpu0, rcpu0, t0 = proc.cpu_times(), remote_cpu(sshd), time.monotonic()
+            time.sleep(args.seconds / 2)
+            cpu1, rcpu1, t1 = proc.cpu_times(), remote_cpu(sshd), time.monotonic()
+            idle = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t1 - t0) * 100
+            ridle = (rcpu1 - rcpu0) / (t1 - t0) * 100
+            pace(log_fd, "sparse", 1, args.seconds * 2)
+            expected = os.fstat(log_fd).st_size
+            wait_until(lambda: watcher.size >= expected, 30, what="the sparse lines")
+            lat = watcher.latencies_ns["sparse"]
+            rows.append(
+                ("latency at 1 line/s (idle poll)", f"{len(lat)} lines",
+                 f"p50 {pct(lat, 0.5):.1f} ms", f"p99 {pct(lat, 0.99):.1f} ms",
+                 f"max {max(lat) / 1e6:.1f} ms")
+            )  # fmt: skip
+            rows.append(
+                ("CPU while the log is quiet", "", f"follower {idle:.2f} %",
+                 f"remote {ridle:.2f} %", "")
+            )  # fmt: skip
+
             chunk = b"".join(
                 f"burst {i:08d} ".encode().ljust(LINE - 1, b"#") + b"\n" for i in range(10_000)
             )  # 1 MB of lines

@@ -52,11 +52,14 @@ KEEPALIVE_COUNT_MAX = 3
 _SCRIPT = r"""
 export LC_ALL=C
 exec 2>/dev/null
-f=$1 off=$2 edev=$3 eino=$4 hl=$5 poll=$6 rw=$7 max=$8 K=$9 hbn=${10}
+f=$1 off=$2 edev=$3 eino=$4 hl=$5 poll=$6 rw=$7 max=$8 K=$9 hbn=${10} slow=${11} sw=${12}
+# Poll every $poll seconds while the log is busy; after a quiet heartbeat period, every $slow
+# seconds ($sw polls' worth): each poll costs the remote machine a stat and a sleep process.
+w=1 nap=$poll
 exec 4>&1
 ticks=0
 beat() {
-  ticks=$((ticks + 1))
+  ticks=$((ticks + w))
   [ "$ticks" -ge "$hbn" ] || return 0
   ticks=0
   if [ -z "$fd" ]; then printf 'K\n'; return 0; fi
@@ -67,11 +70,12 @@ beat() {
 }
 fd=
 if [ -z "$eino" ]; then
-  w=0
+  waited=0 w=$sw
   while [ ! -r "$f" ]; do
-    [ "$w" = 0 ] && printf 'W\n'; w=1
-    beat; sleep "$poll"
+    [ "$waited" = 0 ] && printf 'W\n'; waited=1
+    beat; sleep "$slow"
   done
+  w=1
   exec 3<"$f"
   mode=new
 else
@@ -106,16 +110,17 @@ while :; do
     s=$(stat -L -c %s /dev/fd/3)
     d=$(head -c "$h" /dev/fd/3 | sha256sum)
     printf 'V %s %s\n' "$s" "${d%% *}"
-    idle=0
+    idle=0 w=1 nap=$poll
     continue
   fi
   if [ "$4 $5" != "$1 $2" ] && [ "$idle" -ge "$rw" ]; then
     ticks=$hbn; beat  # a last re-check: a same-size rewrite must not pass for drained
     printf 'R\n'; exit 0
   fi
-  idle=$((idle + 1))
+  idle=$((idle + w))
+  [ "$idle" -ge "$hbn" ] && w=$sw nap=$slow
   beat
-  sleep "$poll"
+  sleep "$nap"
 done
 """
 
@@ -144,9 +149,11 @@ class SshTarget:
 
 @dataclass(frozen=True)
 class ReadTuning:
-    """Remote loop timing: poll interval, rotation drain wait, chunk cap, session bound."""
+    """Remote loop timing: poll interval (busy, and after a second of quiet), rotation drain
+    wait, chunk cap, session bound, heartbeat, and how long silence means a dead link."""
 
     poll: float = 0.05
+    idle_poll: float = 0.2
     rotate_wait: float = 1.0
     max_chunk: int = 4 * 1024 * 1024
     session_seconds: int = 300
@@ -172,6 +179,8 @@ def remote_command(path: str, req: SessionRequest, tuning: ReadTuning) -> str:
         str(tuning.max_chunk),
         str(HEAD_BYTES),
         str(ticks),
+        f"{tuning.idle_poll:g}",
+        str(max(1, round(tuning.idle_poll / tuning.poll))),
     ]
     # `timeout` bounds the reader even if SIGPIPE never comes (a silent network cut).
     inner = " ".join(shlex.quote(a) for a in ["sh", "-c", _SCRIPT, "comfyfleet-logstream", *args])
