@@ -148,8 +148,8 @@ def main() -> None:
             cpu0, rcpu0, t0 = proc.cpu_times(), remote_cpu(sshd), time.monotonic()
             time.sleep(args.seconds / 2)
             cpu1, rcpu1, t1 = proc.cpu_times(), remote_cpu(sshd), time.monotonic()
-            idle = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t1 - t0) * 100
-            ridle = (rcpu1 - rcpu0) / (t1 - t0) * 100
+            idle = max(0.0, cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t1 - t0) * 100
+            ridle = max(0.0, rcpu1 - rcpu0) / (t1 - t0) * 100
             pace(log_fd, "sparse", 1, args.seconds * 2)
             expected = os.fstat(log_fd).st_size
             wait_until(lambda: watcher.size >= expected, 30, what="the sparse lines")

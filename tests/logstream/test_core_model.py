@@ -25,7 +25,6 @@ from comfyfleet.logstream.core import (
     Position,
     Rotated,
     Truncated,
-    prefix_hash,
     resume,
     session_request,
     step,
@@ -81,8 +80,7 @@ class SimSession:
             data = bytes(content[self.off : self.off + n])
             self.off += n
             self.idle = 0
-            h = prefix_hash(bytes(content), min(core.HEAD_BYTES, self.off))
-            return Chunk(data, len(content), h)
+            return Chunk(data, len(content), bytes(content[: min(core.HEAD_BYTES, self.off)]))
         if self.fs.names.get("log") != self.ino and self.idle >= ROTATE_WAIT:
             if not self.rechecked:  # like the remote loop: one last re-check, then R
                 self.rechecked = True
@@ -93,7 +91,7 @@ class SimSession:
         return self._check(content)
 
     def _check(self, content: bytearray) -> Checked:
-        return Checked(len(content), prefix_hash(bytes(content), min(core.HEAD_BYTES, self.off)))
+        return Checked(len(content), bytes(content[: min(core.HEAD_BYTES, self.off)]))
 
     def _open(self):
         req = self.req
@@ -108,7 +106,7 @@ class SimSession:
             return Gone()
         self.off = req.offset
         content = bytes(self.fs.data[self.ino])
-        return Opened(1, self.ino, len(content), prefix_hash(content, req.head_len), mode)
+        return Opened(1, self.ino, len(content), content[: req.head_len], mode)
 
 
 class FollowerModel(RuleBasedStateMachine):

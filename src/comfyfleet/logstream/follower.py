@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import asyncssh
+
 from comfyfleet.errors import UsageError
 from comfyfleet.logstream import checkpoint
 from comfyfleet.logstream.core import Position, Reader, reconnected, resume, session_request, step
@@ -169,7 +171,9 @@ class _Run:
         self.commit_lock = threading.Lock()
         self._progressed = False  # whether the last session produced any event
 
-    def result(self, outcome: Literal["complete", "failed", "timeout"], message: str):
+    def result(
+        self, outcome: Literal["complete", "failed", "timeout"], message: str
+    ) -> FollowResult:
         c = self.reader.position.counters
         return FollowResult(
             outcome, c.lines, c.bytes, c.reconnects, c.rotations, c.truncations, c.last_line,
@@ -229,7 +233,7 @@ class _Run:
         await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
         return attempt + 1
 
-    async def _sessions(self, conn) -> FollowResult:
+    async def _sessions(self, conn: asyncssh.SSHClientConnection) -> FollowResult:
         tuning = self.options.tuning
         while True:
             self.reader = resume(self.reader.position)

@@ -1,16 +1,16 @@
 """The SSH edge: connect with keepalive and host-key pinning, and run one remote read session.
 
-The remote side is a POSIX ``sh`` loop over coreutils (``stat``, ``dd``, ``head``,
-``sha256sum``, ``find``, ``timeout``); no Python is assumed on the machine. It keeps the log
+The remote side is a POSIX ``sh`` loop over GNU coreutils (``stat``, ``dd``, ``head``,
+``sleep``, ``find``, ``timeout``); no Python is assumed on the machine. It keeps the log
 open as fd 3, so a renamed file is still read to its end (the drain), and writes framed
 records on stdout:
 
 ====================  ==================================================================
 ``W``                  the path does not exist yet; still waiting
-``K [size h]``          heartbeat once a second when idle, with a re-check of size and head
-``O dev ino size h m`` opened: identity, size, sha256 of the first ``head_len`` bytes, mode
+``K [size h]`` + h B   heartbeat once a second when idle, re-checking size and first h bytes
+``O dev ino size m h`` opened: identity, size, mode, then the first h (= ``head_len``) bytes
 ``D n`` + n bytes      data at the current offset
-``V size h``           re-check after each ``D``: size and sha256 of the first bytes
+``V size h`` + h B     re-check after each ``D``: size, then the first h bytes
 ``R``                  the path names another file and ours has been idle: drained
 ``T size``             the open file shrank below our offset
 ``G``                  the expected inode is gone (not at the path, not in its directory)
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,22 +54,26 @@ _SCRIPT = r"""
 export LC_ALL=C
 exec 2>/dev/null
 f=$1 off=$2 edev=$3 eino=$4 hl=$5 poll=$6 rw=$7 max=$8 K=$9 hbn=${10} slow=${11} sw=${12}
+exec 4>&1
+# emit OFFSET N: exactly N bytes of fd 3 from OFFSET. conv=sync pads a short read (the file
+# shrank meanwhile) so the frame keeps its length; an empty read yields no block at all,
+# hence the explicit padding. The re-check that follows tells the client not to trust them.
+emit() {
+  [ "$2" -gt 0 ] || return 0
+  r=$(dd if=/dev/fd/3 bs="$2" count=1 skip="$1" iflag=skip_bytes,fullblock conv=sync 2>&1 >&4)
+  case $r in "0+0 "*) head -c "$2" /dev/zero;; esac
+}
+head_len() { h=$off; [ "$h" -gt "$K" ] && h=$K; }
 # Poll every $poll seconds while the log is busy; after a quiet heartbeat period, every $slow
 # seconds ($sw polls' worth): each poll costs the remote machine a stat and a sleep process.
-w=1 nap=$poll
-exec 4>&1
-ticks=0
+w=1 nap=$poll ticks=0 fd=
 beat() {
   ticks=$((ticks + w))
   [ "$ticks" -ge "$hbn" ] || return 0
   ticks=0
   if [ -z "$fd" ]; then printf 'K\n'; return 0; fi
-  h=$off; [ "$h" -gt "$K" ] && h=$K
-  s=$(stat -L -c %s /dev/fd/3)
-  d=$(head -c "$h" /dev/fd/3 | sha256sum)
-  printf 'K %s %s\n' "$s" "${d%% *}"
+  head_len; printf 'K %s %s\n' "$size" "$h"; emit 0 "$h"
 }
-fd=
 if [ -z "$eino" ]; then
   waited=0 w=$sw
   while [ ! -r "$f" ]; do
@@ -89,28 +94,20 @@ else
   fi
 fi
 set -- $(stat -L -c '%d %i %s' /dev/fd/3)
-d=$(head -c "$hl" /dev/fd/3 | sha256sum)
-printf 'O %s %s %s %s %s\n' "$1" "$2" "$3" "${d%% *}" "$mode"
-fd=3
-idle=0
+printf 'O %s %s %s %s %s\n' "$1" "$2" "$3" "$mode" "$hl"; emit 0 "$hl"
+fd=3 idle=0 check=0
 while :; do
+  # One stat per poll serves both the re-check of the chunk just sent and what to do next.
   set -- $(stat -L -c '%d %i %s' /dev/fd/3 "$f")
   size=$3
+  if [ "$check" = 1 ]; then
+    head_len; printf 'V %s %s\n' "$size" "$h"; emit 0 "$h"; check=0
+  fi
   if [ "$size" -lt "$off" ]; then printf 'T %s\n' "$size"; exit 0; fi
   if [ "$size" -gt "$off" ]; then
     n=$((size - off)); [ "$n" -gt "$max" ] && n=$max
-    printf 'D %s\n' "$n"
-    # conv=sync pads a short read (the file shrank meanwhile) so the frame keeps its length;
-    # an empty read produces no block at all, hence the explicit padding. V then tells the
-    # client these bytes are not to be trusted.
-    r=$(dd if=/dev/fd/3 bs="$n" count=1 skip="$off" iflag=skip_bytes,fullblock conv=sync 2>&1 >&4)
-    case $r in "0+0 "*) head -c "$n" /dev/zero;; esac
-    off=$((off + n))
-    h=$off; [ "$h" -gt "$K" ] && h=$K
-    s=$(stat -L -c %s /dev/fd/3)
-    d=$(head -c "$h" /dev/fd/3 | sha256sum)
-    printf 'V %s %s\n' "$s" "${d%% *}"
-    idle=0 w=1 nap=$poll
+    printf 'D %s\n' "$n"; emit "$off" "$n"
+    off=$((off + n)) check=1 idle=0 w=1 nap=$poll
     continue
   fi
   if [ "$4 $5" != "$1 $2" ] && [ "$idle" -ge "$rw" ]; then
@@ -209,7 +206,9 @@ class _PinningClient(asyncssh.SSHClient):
         return True
 
 
-async def open_connection(target: SshTarget, *, connect_timeout: float = 10.0):
+async def open_connection(
+    target: SshTarget, *, connect_timeout: float = 10.0
+) -> asyncssh.SSHClientConnection:
     """Connect with keepalive and host-key checks; HostKeyError when the key is refused."""
     kh_path = target.known_hosts_path
     try:
@@ -276,7 +275,13 @@ class ReadSession:
         self._tuning = tuning
 
     @classmethod
-    async def start(cls, conn, path: str, req: SessionRequest, tuning: ReadTuning) -> ReadSession:
+    async def start(
+        cls,
+        conn: asyncssh.SSHClientConnection,
+        path: str,
+        req: SessionRequest,
+        tuning: ReadTuning,
+    ) -> ReadSession:
         """Start the remote reader for ``req`` on an open connection."""
         try:
             proc = await conn.create_process(
@@ -306,7 +311,7 @@ class ReadSession:
             pass
         self._proc.close()
 
-    async def _read(self, aw):
+    async def _read(self, aw: Awaitable[bytes]) -> bytes:
         try:
             return await asyncio.wait_for(aw, self._tuning.stall)
         except TimeoutError as exc:
@@ -316,25 +321,31 @@ class ReadSession:
         except (OSError, asyncssh.Error) as exc:
             raise ConnectionLost(_describe(exc)) from exc
 
+    async def _bytes(self, n: int) -> bytes:
+        if n < 0:
+            raise ValueError("negative length")
+        return await self._read(self._proc.stdout.readexactly(n)) if n else b""
+
     async def _parse(self, parts: list[bytes]) -> Event | None:
         try:
             kind = parts[0]
             if kind == b"W" or parts == [b"K"]:
                 return None
             if kind == b"K":
-                return Checked(int(parts[1]), parts[2].decode())
+                return Checked(int(parts[1]), await self._bytes(int(parts[2])))
             if kind == b"O":
                 dev, ino, size = (int(p) for p in parts[1:4])
-                mode = parts[5].decode()
+                mode = parts[4].decode()
                 if mode not in ("new", "same", "old"):
                     raise ValueError(mode)
-                return Opened(dev, ino, size, parts[4].decode(), mode)  # type: ignore[arg-type]
+                head = await self._bytes(int(parts[5]))
+                return Opened(dev, ino, size, head, mode)  # type: ignore[arg-type]
             if kind == b"D":
-                data = await self._read(self._proc.stdout.readexactly(int(parts[1])))
+                data = await self._bytes(int(parts[1]))
                 check = (await self._read(self._proc.stdout.readline())).split()
                 if len(check) != 3 or check[0] != b"V":
                     raise ValueError("missing V record")
-                return Chunk(data, int(check[1]), check[2].decode())
+                return Chunk(data, int(check[1]), await self._bytes(int(check[2])))
             if kind == b"R":
                 return Rotated()
             if kind == b"T":
