@@ -238,7 +238,7 @@ class _Run(Hooks):
         for i, entry in enumerate(self.manifest.models):
             job = _Job(i, entry, entry.filename)
             self.jobs.append(job)
-            self.log.emit("file_queued", **self._fields(job, total=entry.size,
+            self.log.emit("file_queued", **self._fields(job, bytes=0, total=entry.size,
                           required=entry.required))  # fmt: skip
             self._status(job, "queued", bytes=0)
         self.log.status.bytes_total = sum(j.size for j in self.jobs)
@@ -397,7 +397,7 @@ class _Run(Hooks):
             downloaded=job.downloaded, seconds=seconds,
         )  # fmt: skip
         level = "FAILED" if job.entry.required else "failed (optional, continuing)"
-        self.log.emit("file_failed", **self._fields(job, error=reason,
+        self.log.emit("file_failed", **self._fields(job, error=reason, bytes=0, total=job.size,
                       required=job.entry.required, kind=type(exc).__name__))  # fmt: skip
         self.log.error(job.key, f"{level}: {reason}", url=redact_url(job.entry.url),
                        error=type(exc).__name__, attempts=None)  # fmt: skip
