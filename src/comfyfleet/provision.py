@@ -27,7 +27,6 @@ from typing import Any
 from comfyfleet import runtime
 from comfyfleet.errors import (
     ComfyfleetError,
-    Interrupted,
     RuntimeFailure,
     ValidationFailed,
     WorkflowError,
@@ -174,7 +173,8 @@ async def provision(
 ) -> ProvisionReport:
     """Provision ``root`` from ``manifest``; never raises for a failed step (see ``report.ok``).
 
-    Raises :class:`Interrupted` when cancelled (the run is recorded as failed first).
+    Cancellation propagates (after the run is recorded as failed, so the marker and the
+    sentinel say so); the CLI turns it into exit 130.
     """
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -213,7 +213,7 @@ async def provision(
         report.reason = "interrupted"
         report.seconds = time.monotonic() - started
         log.finish(False, "interrupted (run provision again to resume)")
-        raise Interrupted("provision interrupted; run it again to resume") from None
+        raise
     report.seconds = time.monotonic() - started
     log.finish(report.ok, report.reason)
     return report

@@ -60,3 +60,40 @@ def test_demo_runs_to_a_ready_comfyui_and_says_how_to_stop_it(tmp_path: Path):
         assert _cli("status", "--root", str(root)).returncode == 0
     finally:
         _cli("stop", "--root", str(root))
+
+
+def test_sigterm_stops_provision_cleanly_with_a_failure_marker_and_exit_130(
+    world: DemoWorld, root: Path, server
+):
+    import signal
+    import time
+
+    import tomli_w
+
+    from comfyfleet.testing.modelserver import make_safetensors
+
+    slow = server.add_file("slow.safetensors", make_safetensors(4 << 20), rate=256 * 1024)
+    manifest = dict(world.manifest)
+    manifest["models"] = [{"url": slow, "folder": "checkpoints"}]
+    manifest["workflows"] = []
+    path = world.manifest_path.with_name("slow.toml")
+    path.write_text(tomli_w.dumps(manifest))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from comfyfleet.cli import main; main()",
+         "provision", str(path), "--root", str(root)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    part = root / "ComfyUI/models/checkpoints/slow.safetensors.part"
+    deadline = time.monotonic() + 60
+    while not part.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert part.exists(), "the download never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "SIGTERM" in err
+    log_lines = (root / ".comfyfleet/provision.log").read_text().splitlines()
+    assert log_lines[-1].startswith("PROVISIONING FAILED: interrupted")
+    assert (root / ".provisioning_failed").exists() and not (root / ".provisioning").exists()
+    assert not (root / "ComfyUI/models/checkpoints/slow.safetensors").exists()
+    assert part.exists()  # resumable

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import sys
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 import typer
 
@@ -36,6 +38,41 @@ def emit_json(document: dict[str, Any]) -> None:
     """Print exactly one JSON document to stdout (the `--json` contract)."""
     sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+T = TypeVar("T")
+
+
+def run_async(make: Callable[[], Awaitable[T]], *, resume_hint: str) -> T:
+    """Run a coroutine to completion; SIGINT and SIGTERM cancel it cleanly as :class:`Interrupted`.
+
+    Cancellation (not a KeyboardInterrupt at a random bytecode) lets every task clean up:
+    part files and sidecars are saved, the run log gets its final line, children are stopped.
+    """
+
+    async def main() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        caught: list[str] = []
+
+        def stop(name: str) -> None:
+            caught.append(name)
+            task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop, sig.name)
+        try:
+            return await make()
+        except asyncio.CancelledError:
+            if caught:
+                raise Interrupted(f"stopped by {caught[0]}; {resume_hint}") from None
+            raise
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())
 
 
 def run(body: Callable[[], int]) -> NoReturn:

@@ -8,15 +8,13 @@ and a manifest — then runs the real ``provision`` on them. ComfyUI is left run
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
 
 import typer
 
-from comfyfleet.cli.app import app, run
+from comfyfleet.cli.app import app, run, run_async
 
 
 def _fresh_default() -> Path:
@@ -49,7 +47,6 @@ def demo(
         target.mkdir(parents=True, exist_ok=True)
         # A client closing a connection mid-range is normal for a segmented downloader; keep
         # the server's tracebacks for it out of the demo's output.
-        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
         server = ModelServer()
         server.start_in_thread()
         try:
@@ -63,7 +60,10 @@ def demo(
             out(f"  manifest          {world.manifest_path}")
             out()
             manifest = load_manifest(world.manifest_path)
-            report = asyncio.run(provision(manifest, target, on_event=render_event))
+            report = run_async(
+                lambda: provision(manifest, target, on_event=render_event),
+                resume_hint="run the demo again",
+            )
         finally:
             server.stop_thread()
         out()

@@ -2,47 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 from pathlib import Path
 
 import typer
 
-from comfyfleet.cli.app import app, emit_json, run
+from comfyfleet.cli.app import app, emit_json, run, run_async
 from comfyfleet.download import DownloadReport, download_all
 from comfyfleet.errors import Interrupted
 from comfyfleet.events import RunLog
 from comfyfleet.manifest import load_manifest
 from comfyfleet.units import format_size
-
-
-async def _cancellable(manifest_path: Path, root: Path, log: RunLog, progress: bool | None):
-    """Run the downloads; SIGINT and SIGTERM cancel them cleanly (resumable, exit 130)."""
-    manifest = load_manifest(manifest_path)
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    caught: list[str] = []
-
-    def stop(name: str) -> None:
-        caught.append(name)
-        task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop, sig.name)
-    try:
-        return await download_all(manifest, root, log, progress=progress)
-    except asyncio.CancelledError:
-        if caught:
-            raise Interrupted(
-                f"stopped by {caught[0]}; partial downloads are kept as .part files — "
-                "run the same command again to resume"
-            ) from None
-        raise
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 def summary(report: DownloadReport) -> str:
@@ -74,7 +44,12 @@ def download(
         root.mkdir(parents=True, exist_ok=True)
         log = RunLog(root, "download")
         try:
-            report = asyncio.run(_cancellable(manifest, root, log, None))
+            m = load_manifest(manifest)
+            report = run_async(
+                lambda: download_all(m, root, log, progress=None),
+                resume_hint="partial downloads are kept as .part files — "
+                "run the same command again to resume",
+            )
         except Interrupted as exc:
             log.finish(False, "interrupted")
             if json_out:

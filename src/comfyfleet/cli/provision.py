@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from comfyfleet import runtime
-from comfyfleet.cli.app import app, emit_json, run
+from comfyfleet.cli.app import app, emit_json, run, run_async
 from comfyfleet.manifest import load_manifest
 from comfyfleet.redact import redact_text
 
@@ -67,15 +67,16 @@ def provision(
 
     def body() -> int:
         m = load_manifest(manifest)
-        report = asyncio.run(
-            do_provision(
+        report = run_async(
+            lambda: do_provision(
                 m,
                 root,
                 strict=strict or None,
                 start=not no_start,
                 progress=None,
                 on_event=render_event,
-            )
+            ),
+            resume_hint="downloads and installs done so far are kept — run provision again",
         )
         if json_out:
             emit_json(report.to_json())

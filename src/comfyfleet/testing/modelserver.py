@@ -595,27 +595,31 @@ class ModelServer:
             chunk = max(4096, min(chunk, f.rate // 20))
         t0 = time.monotonic()
         pos = start
-        while sent < limit:
-            n = min(chunk, limit - sent)
-            if reset_at is not None and sent + n > reset_at:
-                n = max(0, reset_at - sent)
-            if stall_at is not None and sent >= stall_at:
-                stall_at = None
-                await asyncio.sleep(f.stall_seconds)
-            data = stored.read(pos, pos + n) if n else b""
-            if f.corrupt and data:
-                data = bytes(b ^ 0xFF for b in data[:16]) + data[16:]
-            if data:
-                await resp.write(data)
-            sent += n
-            pos += n
-            if reset_at is not None and sent >= reset_at:
-                self._abort(request)
-                return resp
-            if f.rate:
-                ahead = sent / f.rate - (time.monotonic() - t0)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
+        try:
+            while sent < limit:
+                n = min(chunk, limit - sent)
+                if reset_at is not None and sent + n > reset_at:
+                    n = max(0, reset_at - sent)
+                if stall_at is not None and sent >= stall_at:
+                    stall_at = None
+                    await asyncio.sleep(f.stall_seconds)
+                data = stored.read(pos, pos + n) if n else b""
+                if f.corrupt and data:
+                    data = bytes(b ^ 0xFF for b in data[:16]) + data[16:]
+                if data:
+                    await resp.write(data)
+                sent += n
+                pos += n
+                if reset_at is not None and sent >= reset_at:
+                    self._abort(request)
+                    return resp
+                if f.rate:
+                    ahead = sent / f.rate - (time.monotonic() - t0)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+        except ConnectionResetError:
+            # The client went away (a finished or cancelled range): normal for a CDN.
+            return resp
         if limit < end - start:
             self._abort(request)
             return resp
