@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -227,3 +229,74 @@ async def test_remote_reader_does_not_outlive_the_connection(
     task.cancel()  # the follower goes away without closing anything politely...
     sshd.kill_connections()  # ...and so does its connection
     await until(lambda: not _remote_readers(remote_log), timeout=5, what="readers to exit")
+
+
+async def test_bounded_remote_sessions_hand_over_without_gaps(target_for, remote_log, tmp_path):
+    remote_log.write_bytes(b"")
+    body = lines(0, 400)
+    options = fast_options()
+    options = replace(options, tuning=replace(options.tuning, session_seconds=1))
+    task = asyncio.create_task(follow(target_for(remote_log), options))
+    await write_slowly(remote_log, body, 200, pause=0.012)  # ~2.5 s: several sessions
+    append(remote_log, DONE)
+    result = await task
+    assert read(tmp_path / "local.log") == body + DONE
+    assert result.reconnects == 0  # a new session on the same connection, not a reconnect
+
+
+async def test_a_silent_link_is_detected_and_replaced(sshd, target_for, remote_log, tmp_path):
+    out = tmp_path / "local.log"
+    append(remote_log, lines(0, 10))
+    options = fast_options()
+    options = replace(options, tuning=replace(options.tuning, stall=1.0))
+    task = asyncio.create_task(follow(target_for(remote_log), options))
+    await until(lambda: read(out) == lines(0, 10), what="first batch")
+    frozen = sshd.connections()
+    for p in frozen:  # packets stop flowing but nothing is closed: a cut cable
+        p.send_signal(signal.SIGSTOP)
+    append(remote_log, lines(10, 20) + DONE)
+    try:
+        result = await task
+    finally:
+        for p in frozen:
+            try:
+                p.send_signal(signal.SIGKILL)
+                p.send_signal(signal.SIGCONT)
+            except psutil.NoSuchProcess:
+                pass
+    assert read(out) == lines(0, 20) + DONE
+    assert result.reconnects == 1
+
+
+async def test_deleted_and_recreated_file_is_followed_into_the_new_one(
+    target_for, remote_log, tmp_path
+):
+    out = tmp_path / "local.log"
+    append(remote_log, lines(0, 10) + b"unterminated")
+    task = asyncio.create_task(follow(target_for(remote_log), fast_options()))
+    await until(lambda: read(out) == lines(0, 10), what="first batch")
+    remote_log.unlink()
+    append(remote_log, lines(10, 20) + DONE)
+    result = await task
+    # The old file can never finish its last line, so it is delivered as it is.
+    assert read(out) == lines(0, 10) + b"unterminated\n" + lines(10, 20) + DONE
+    assert result.rotations == 1
+
+
+async def test_many_hosts_in_one_event_loop(sshd, target_for, tmp_path):
+    logs = [tmp_path / f"host{i}.log" for i in range(4)]
+    for p in logs:
+        p.write_bytes(b"")
+    targets = [target_for(p, output=tmp_path / f"local{i}.log") for i, p in enumerate(logs)]
+    tasks = [asyncio.create_task(follow(t, fast_options())) for t in targets]
+    for i in range(50):
+        for n, p in enumerate(logs):
+            append(p, f"host {n} line {i}\n".encode())
+        await asyncio.sleep(0.002)
+    for p in logs:
+        append(p, DONE)
+    results = await asyncio.gather(*tasks)
+    assert [r.outcome for r in results] == ["complete"] * 4
+    for n in range(4):
+        expected = b"".join(f"host {n} line {i}\n".encode() for i in range(50)) + DONE
+        assert read(tmp_path / f"local{n}.log") == expected

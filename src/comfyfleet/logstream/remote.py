@@ -162,6 +162,10 @@ class ConnectionLost(Exception):
     """The connection or the remote reader failed in a way a reconnect may fix."""
 
 
+class _SessionEnded(Exception):
+    """The remote reader's output ended inside a record."""
+
+
 def remote_command(path: str, req: SessionRequest, tuning: ReadTuning) -> str:
     """The shell command line for one bounded read session."""
     ticks = max(1, round(tuning.heartbeat / tuning.poll))
@@ -294,13 +298,16 @@ class ReadSession:
 
     async def next_event(self) -> Event | None:
         """The next meaningful event, or None when the session ended normally."""
-        while True:
-            header = await self._read(self._proc.stdout.readline())
-            if not header:
-                return None
-            ev = await self._parse(header.split())
-            if ev is not None:
-                return ev
+        try:
+            while True:
+                header = await self._read(self._proc.stdout.readline())
+                if not header.endswith(b"\n"):
+                    return None  # EOF, possibly inside a record
+                ev = await self._parse(header.split())
+                if ev is not None:
+                    return ev
+        except _SessionEnded:
+            return None
 
     def close(self) -> None:
         """Close the channel without waiting: the remote loop dies on TERM (OpenSSH >= 7.9
@@ -317,7 +324,9 @@ class ReadSession:
         except TimeoutError as exc:
             raise ConnectionLost(f"no data or heartbeat for {self._tuning.stall:g}s") from exc
         except asyncio.IncompleteReadError as exc:
-            raise ConnectionLost("remote reader ended mid-record") from exc
+            # `timeout` ended the reader mid-record: a normal end of session, the torn
+            # record is simply read again by the next one.
+            raise _SessionEnded from exc
         except (OSError, asyncssh.Error) as exc:
             raise ConnectionLost(_describe(exc)) from exc
 
@@ -342,7 +351,10 @@ class ReadSession:
                 return Opened(dev, ino, size, head, mode)  # type: ignore[arg-type]
             if kind == b"D":
                 data = await self._bytes(int(parts[1]))
-                check = (await self._read(self._proc.stdout.readline())).split()
+                line = await self._read(self._proc.stdout.readline())
+                if not line.endswith(b"\n"):
+                    raise _SessionEnded
+                check = line.split()
                 if len(check) != 3 or check[0] != b"V":
                     raise ValueError("missing V record")
                 return Chunk(data, int(check[1]), await self._bytes(int(check[2])))
