@@ -7,13 +7,12 @@ started when verification fails.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comfyfleet.events import STATE_DIR
+from comfyfleet.download import load_verified
 from comfyfleet.install.git import head_commit, resolve_local
 from comfyfleet.manifest import FOLDER_ALIASES, MODEL_EXTENSIONS, Manifest, ModelEntry
 from comfyfleet.units import format_size
@@ -69,42 +68,13 @@ class ProvisionedModel:
     verified: bool
 
 
-def _load_verified(root: Path) -> dict[str, dict[str, Any]]:
-    """The download engine's verified-file records whose files are unchanged since."""
-    try:
-        from comfyfleet.download import load_verified
-    except ImportError:  # engine not installed in this build: read its documented file format
-        return _read_verified(root)
-    return load_verified(root)
-
-
-def _read_verified(root: Path) -> dict[str, dict[str, Any]]:
-    try:
-        records = json.loads((root / STATE_DIR / "verified.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-    out = {}
-    for key, rec in records.items() if isinstance(records, dict) else []:
-        try:
-            st = (root / key).stat()
-        except OSError:
-            continue
-        if (
-            isinstance(rec, dict)
-            and st.st_size == rec.get("size")
-            and st.st_mtime_ns == rec.get("mtime_ns")
-        ):
-            out[key] = rec
-    return out
-
-
 def provisioned_models(manifest: Manifest, root: Path) -> list[ProvisionedModel]:
     """Resolve every manifest model to its file on disk and whether the engine verified it.
 
     An entry without ``filename`` (named by the server's Content-Disposition) is found in
     ``verified.json`` by its URL.
     """
-    verified = _load_verified(root)
+    verified = load_verified(root)
     out = []
     for entry in manifest.models:
         folder_dir = manifest.comfyui_dir(root) / "models" / entry.folder
