@@ -228,7 +228,7 @@ async def test_remote_reader_does_not_outlive_the_connection(
     assert _remote_readers(remote_log)
     task.cancel()  # the follower goes away without closing anything politely...
     sshd.kill_connections()  # ...and so does its connection
-    await until(lambda: not _remote_readers(remote_log), timeout=5, what="readers to exit")
+    await until(lambda: not _remote_readers(remote_log), timeout=0.8, what="readers to exit")
 
 
 async def test_bounded_remote_sessions_hand_over_without_gaps(target_for, remote_log, tmp_path):
@@ -300,3 +300,10 @@ async def test_many_hosts_in_one_event_loop(sshd, target_for, tmp_path):
     for n in range(4):
         expected = b"".join(f"host {n} line {i}\n".encode() for i in range(50)) + DONE
         assert read(tmp_path / f"local{n}.log") == expected
+
+
+async def test_remote_reader_exits_when_the_follow_completes(target_for, remote_log, tmp_path):
+    append(remote_log, lines(0, 10) + DONE)
+    result = await follow(target_for(remote_log), fast_options())
+    assert result.outcome == "complete"
+    await until(lambda: not _remote_readers(remote_log), timeout=0.8, what="readers to exit")

@@ -17,9 +17,11 @@ records on stdout:
 ====================  ==================================================================
 
 Why not ``tail -f``: after a truncation it silently starts again from 0, so received bytes
-stop matching offsets (reference/logstream.md §1.3, §4.4). Why a heartbeat: without a PTY
-the remote command is not sent SIGHUP when the client vanishes; the next write then fails with
-SIGPIPE, so a one-second heartbeat plus an outer ``timeout`` bound how long it can outlive us.
+stop matching offsets (reference/logstream.md §1.3, §4.4). How the reader dies with its
+connection: without a PTY the remote command is not sent SIGHUP when the client vanishes
+(§3.6), so a background ``cat`` blocked on the channel's stdin kills the loop when that
+closes; should it fail, the next one-second heartbeat dies of SIGPIPE, and an outer
+``timeout`` bounds the session whatever happens.
 """
 
 from __future__ import annotations
@@ -55,6 +57,16 @@ export LC_ALL=C
 exec 2>/dev/null
 f=$1 off=$2 edev=$3 eino=$4 hl=$5 poll=$6 rw=$7 max=$8 K=$9 hbn=${10} slow=${11} sw=${12}
 exec 4>&1
+# The channel's stdin closes when the client closes the channel or the connection dies
+# (sshd sends no SIGHUP without a PTY, and OpenSSH ignores "signal" requests here): a
+# watcher blocked on it ends the loop at once. It lets go of stdout so EOF still flows.
+# (A background job's stdin is /dev/null unless redirected explicitly, hence fd 5.)
+exec 5<&0
+( exec 1>/dev/null 3<&- 4>&-; cat <&5; kill -TERM $$ ) &
+exec 5<&-
+watcher=$!
+trap 'kill "$watcher" 2>/dev/null' EXIT
+trap 'exit 0' TERM
 # emit OFFSET N: exactly N bytes of fd 3 from OFFSET. conv=sync pads a short read (the file
 # shrank meanwhile) so the frame keeps its length; an empty read yields no block at all,
 # hence the explicit padding. The re-check that follows tells the client not to trust them.
@@ -293,7 +305,6 @@ class ReadSession:
             )
         except (OSError, asyncssh.Error) as exc:
             raise ConnectionLost(_describe(exc)) from exc
-        proc.stdin.write_eof()
         return cls(proc, tuning)
 
     async def next_event(self) -> Event | None:
@@ -310,12 +321,8 @@ class ReadSession:
             return None
 
     def close(self) -> None:
-        """Close the channel without waiting: the remote loop dies on TERM (OpenSSH >= 7.9
-        delivers signal requests) or, at the latest, with SIGPIPE at its next heartbeat."""
-        try:
-            self._proc.terminate()
-        except (OSError, asyncssh.Error):
-            pass
+        """Close the channel without waiting; the remote loop sees its stdin close and
+        exits (at the latest, SIGPIPE at its next heartbeat or `timeout` ends it)."""
         self._proc.close()
 
     async def _read(self, aw: Awaitable[bytes]) -> bytes:
