@@ -104,7 +104,7 @@ def test_changed_host_key_exits_1_with_a_clear_message(sshd, remote_log, tmp_pat
     sshd.regenerate_host_key()
     sshd.start()
     run = subprocess.run(
-        cli_args(sshd, remote_log, tmp_path / "o.log", "--accept-new-host-key"),
+        cli_args(sshd, remote_log, tmp_path / "o.log", "--accept-new-host-key", "--json"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -112,6 +112,7 @@ def test_changed_host_key_exits_1_with_a_clear_message(sshd, remote_log, tmp_pat
     assert run.returncode == 1
     assert "does not match" in run.stderr and str(sshd.known_hosts) in run.stderr
     assert "Traceback" not in run.stderr
+    assert json.loads(run.stdout)["outcome"] == "failed"
 
 
 def test_bad_timeout_is_a_usage_error(sshd, remote_log, tmp_path):

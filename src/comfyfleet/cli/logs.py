@@ -9,9 +9,15 @@ from pathlib import Path
 import typer
 
 from comfyfleet.cli.app import emit_json, fail, logs_app, run
+from comfyfleet.errors import HostKeyError
 from comfyfleet.logstream import FollowOptions, FollowTarget, MarkerSet, SshTarget, follow
 from comfyfleet.redact import redact_text
 from comfyfleet.units import parse_duration
+
+
+def _refused(message: str) -> dict[str, object]:
+    counts = dict.fromkeys(("lines", "bytes", "reconnects", "rotations", "truncations"), 0)
+    return {"outcome": "failed", **counts, "last_line": "", "message": redact_text(message)}
 
 
 @logs_app.command("follow")
@@ -65,14 +71,19 @@ def follow_command(
         sys.stderr.write(f"logs follow: {redact_text(message)}\n")
 
     def body() -> int:
-        result = asyncio.run(
-            follow(
-                target,
-                FollowOptions(timeout=seconds, markers=markers),
-                on_line=None if json_out else show_line,
-                on_status=show_status,
+        try:
+            result = asyncio.run(
+                follow(
+                    target,
+                    FollowOptions(timeout=seconds, markers=markers),
+                    on_line=None if json_out else show_line,
+                    on_status=show_status,
+                )
             )
-        )
+        except HostKeyError as exc:
+            if json_out:  # the follow ran and failed: scripts still get their document
+                emit_json(_refused(str(exc)))
+            raise
         if json_out:
             emit_json(result.to_json())
         if result.outcome != "complete":
