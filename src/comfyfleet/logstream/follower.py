@@ -226,8 +226,9 @@ class _Run:
                 return result
 
     async def _backoff(self, attempt: int, exc: ConnectionLost) -> int:
+        if str(exc) != self.last_error:  # one notice per kind of failure, not per attempt
+            self.status(f"connection to {self.target.ssh.host} lost or refused ({exc}); retrying")
         self.last_error = str(exc)
-        self.status(f"connection to {self.target.ssh.host} lost or refused ({exc}); retrying")
         ceiling = min(self.options.backoff_cap, self.options.backoff_base * 2**attempt)
         # Jitter spreads the reconnects of a fleet that lost the same network at once.
         await asyncio.sleep(random.uniform(ceiling / 2, ceiling))

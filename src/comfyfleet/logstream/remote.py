@@ -258,7 +258,7 @@ async def open_connection(
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         raise ConnectionLost(_describe(exc)) from exc
     if client.pinned is not None:
-        kh_path.parent.mkdir(parents=True, exist_ok=True)
+        kh_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with kh_path.open("a") as fh:
             fh.write(_known_hosts_line(target, client.pinned))
     return conn
