@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,21 +11,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comfyfleet.logstream import (
-    FollowOptions,
-    FollowTarget,
-    ReadTuning,
-    SshTarget,
-)
+from comfyfleet.logstream import FollowTarget, SshTarget
 from sshd import SSHD, SshServer
-
-if not Path(SSHD).exists() or shutil.which("ssh-keygen") is None:  # pragma: no cover
-    pytest.skip("OpenSSH server not installed (.ci/run installs it)", allow_module_level=True)
 
 
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[SshServer]:
     """A running sshd with its own host and client keys; stopped after the test."""
+    if not Path(SSHD).exists() or shutil.which("ssh-keygen") is None:  # pragma: no cover
+        pytest.skip("OpenSSH server not installed (.ci/run installs it)")
     root = tmp_path / "sshd"
     root.mkdir()
     server = SshServer(root)
@@ -60,26 +52,3 @@ def target_for(sshd: SshServer, tmp_path: Path) -> Callable[..., FollowTarget]:
         return FollowTarget(SshTarget(**options), str(path), output or tmp_path / "local.log")
 
     return build
-
-
-def fast_options(timeout: float = 30.0, **kw) -> FollowOptions:
-    """Short drain wait and backoff so the tests run in seconds."""
-    tuning = ReadTuning(rotate_wait=0.4, stall=5.0)
-    return FollowOptions(timeout=timeout, tuning=tuning, backoff_base=0.05, backoff_cap=0.5, **kw)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    """Poll ``predicate`` in the event loop until true (AssertionError after ``timeout``)."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
-
-
-def read(path: Path) -> bytes:
-    """File content, or b'' when it does not exist yet."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return b""

@@ -9,8 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import read, until
-from test_follow_ssh import DONE, append, lines
+from follow_helpers import DONE, append, lines, read, until
 
 CLI = [sys.executable, "-c", "from comfyfleet.cli import main; main()", "logs", "follow"]
 

@@ -11,24 +11,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import fast_options, read, until
+from follow_helpers import DONE, append, fast_options, lines, read, until
 
 from comfyfleet.errors import HostKeyError
 from comfyfleet.logstream import follow
-
-DONE = b"PROVISIONING COMPLETE\n"
-
-
-def lines(start: int, stop: int, width: int = 40) -> bytes:
-    """Numbered lines, each unique."""
-    return b"".join(
-        f"line {i:06d} ".encode().ljust(width, b".") + b"\n" for i in range(start, stop)
-    )
-
-
-def append(path: Path, data: bytes) -> None:
-    with path.open("ab") as fh:
-        fh.write(data)
 
 
 async def write_slowly(path: Path, data: bytes, pieces: int, pause: float = 0.005) -> None:
