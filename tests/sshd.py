@@ -49,6 +49,8 @@ class SshServer:
 
     def __init__(self, root: Path, port: int | None = None) -> None:
         self.root = root
+        #: more sshd_config options (e.g. SetEnv), applied at the next start()
+        self.extra_options: dict[str, str] = {}
         self.port = port or free_port()
         self.user = os.environ.get("USER") or psutil.Process().username()
         self.host_key = root / "host_ed25519"
@@ -90,6 +92,7 @@ class SshServer:
             "MaxStartups": "100",
             "MaxSessions": "100",
             "LogLevel": "ERROR",
+            **self.extra_options,
         }
         argv = [SSHD, "-D", "-e", "-f", "/dev/null"]
         for k, v in opts.items():

@@ -293,3 +293,16 @@ async def test_remote_reader_exits_when_the_follow_completes(target_for, remote_
     result = await follow(target_for(remote_log), fast_options())
     assert result.outcome == "complete"
     await until(lambda: not _remote_readers(remote_log), timeout=0.8, what="readers to exit")
+
+
+async def test_shell_startup_noise_on_stdout_is_skipped(sshd, target_for, remote_log, tmp_path):
+    # Some images print a banner even for `ssh host command` (from a shell startup file);
+    # here sshd itself prints it, including a line that looks like a record.
+    sshd.extra_options["ForceCommand"] = (
+        "echo 'Welcome to your GPU instance!'; echo 'D 5'; eval \"$SSH_ORIGINAL_COMMAND\""
+    )
+    sshd.restart()
+    append(remote_log, lines(0, 5) + DONE)
+    result = await follow(target_for(remote_log), fast_options(timeout=10))
+    assert result.outcome == "complete"
+    assert read(tmp_path / "local.log") == lines(0, 5) + DONE

@@ -55,6 +55,7 @@ KEEPALIVE_COUNT_MAX = 3
 _SCRIPT = r"""
 export LC_ALL=C
 exec 2>/dev/null
+printf '%s\n' "$0"  # start of the records: whatever a login script printed comes before it
 f=$1 off=$2 edev=$3 eino=$4 hl=$5 poll=$6 rw=$7 max=$8 K=$9 hbn=${10} slow=${11} sw=${12}
 exec 4>&1
 # The channel's stdin closes when the client closes the channel or the connection dies
@@ -170,6 +171,10 @@ class ReadTuning:
     stall: float = 15.0
 
 
+#: the reader's $0; also its first output line, which marks where its records begin
+_SYNC = b"comfyfleet-logstream"
+
+
 class ConnectionLost(Exception):
     """The connection or the remote reader failed in a way a reconnect may fix."""
 
@@ -196,7 +201,7 @@ def remote_command(path: str, req: SessionRequest, tuning: ReadTuning) -> str:
         str(max(1, round(tuning.idle_poll / tuning.poll))),
     ]
     # `timeout` bounds the reader even if SIGPIPE never comes (a silent network cut).
-    inner = " ".join(shlex.quote(a) for a in ["sh", "-c", _SCRIPT, "comfyfleet-logstream", *args])
+    inner = " ".join(shlex.quote(a) for a in ["sh", "-c", _SCRIPT, _SYNC.decode(), *args])
     return f"exec timeout {tuning.session_seconds} {inner}"
 
 
@@ -289,6 +294,7 @@ class ReadSession:
     def __init__(self, process: asyncssh.SSHClientProcess, tuning: ReadTuning) -> None:
         self._proc = process
         self._tuning = tuning
+        self._synced = False
 
     @classmethod
     async def start(
@@ -310,6 +316,8 @@ class ReadSession:
     async def next_event(self) -> Event | None:
         """The next meaningful event, or None when the session ended normally."""
         try:
+            if not self._synced:
+                await self._skip_noise()
             while True:
                 header = await self._read(self._proc.stdout.readline())
                 if not header.endswith(b"\n"):
@@ -336,6 +344,18 @@ class ReadSession:
             raise _SessionEnded from exc
         except (OSError, asyncssh.Error) as exc:
             raise ConnectionLost(_describe(exc)) from exc
+
+    async def _skip_noise(self) -> None:
+        # Some images' shell startup files print to stdout even for `ssh host command`.
+        skipped = 0
+        while (line := await self._read(self._proc.stdout.readline())) != _SYNC + b"\n":
+            skipped += len(line)
+            if not line.endswith(b"\n") or skipped > 65536:
+                raise ConnectionLost(
+                    "the remote reader did not start (is this a POSIX shell with GNU "
+                    "coreutils?); first output: " + repr(line[:80].decode("utf-8", "replace"))
+                )
+        self._synced = True
 
     async def _bytes(self, n: int) -> bytes:
         if n < 0:
