@@ -6,6 +6,7 @@ The invariants, checked by a hypothesis state machine against a model (tests/log
 
 * ``Position.offset`` is always just after a ``\\n`` of the current remote file (or 0): only
   complete lines are committed; a trailing partial line is held in ``Reader.pending``.
+  (Except after a line longer than ``MAX_LINE_BYTES``, delivered in pieces.)
 * ``FileIdentity.head`` is exactly the first ``min(HEAD_BYTES, read_offset)`` bytes of the file,
   so "the same file" is checked by comparing those bytes with what the remote reads now.
   (The bytes themselves rather than a hash: at most 1 KiB per check, and it spares the remote
@@ -22,6 +23,9 @@ from typing import Literal
 
 #: how many leading bytes of a file take part in its identity (Vector fingerprints the start)
 HEAD_BYTES = 1024
+#: a partial line longer than this is delivered as it is (with a newline added) rather than
+#: held without bound: a progress bar drawn with \r never ends its line
+MAX_LINE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,8 @@ def _chunk(reader: Reader, ev: Chunk) -> Step:
     buf = reader.pending + ev.data
     cut = buf.rfind(b"\n") + 1
     complete, pending = buf[:cut], buf[cut:]
+    if len(pending) > MAX_LINE_BYTES:
+        complete, pending = buf + b"\n", b""  # the offset then points inside that line
     new_pos = replace(pos, identity=replace(ident, head=head))
     if not complete:
         return Step(Reader(new_pos, pending))
