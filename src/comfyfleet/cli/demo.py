@@ -33,6 +33,7 @@ def demo(
     ),
 ) -> None:
     """Run check → download → install → verify → start → ready offline, with a stand-in ComfyUI."""
+    from comfyfleet.check import check_manifest
     from comfyfleet.cli.provision import render_event
     from comfyfleet.manifest import load_manifest
     from comfyfleet.provision import provision
@@ -45,8 +46,6 @@ def demo(
     def body() -> int:
         target = (root or _fresh_default()).resolve()
         target.mkdir(parents=True, exist_ok=True)
-        # A client closing a connection mid-range is normal for a segmented downloader; keep
-        # the server's tracebacks for it out of the demo's output.
         server = ModelServer()
         server.start_in_thread()
         try:
@@ -60,6 +59,12 @@ def demo(
             out(f"  manifest          {world.manifest_path}")
             out()
             manifest = load_manifest(world.manifest_path)
+            out("==> check (what `comfyfleet check` tells before a GPU minute is spent)")
+            checked = run_async(
+                lambda: check_manifest(manifest, target), resume_hint="run the demo again"
+            )
+            for e in checked.entries:
+                out(f"    {e.status:4} {e.folder}/{e.filename}: {e.message}")
             report = run_async(
                 lambda: provision(manifest, target, on_event=render_event),
                 resume_hint="run the demo again",
