@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from comfyfleet.download import download_all, load_verified
-from comfyfleet.download.transfer import parse_retry_after
 from comfyfleet.events import RunLog
+from comfyfleet.retry import parse_retry_after
 
 from .conftest import blob, errors_log, events, manifest, model_dir, no_corrupt_final, run, sha
 

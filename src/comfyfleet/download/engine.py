@@ -28,7 +28,6 @@ from comfyfleet.download.transfer import (
     Dropped,
     RangeIgnored,
     TransferSettings,
-    backoff,
     fetch_range,
     fetch_whole,
 )
@@ -49,6 +48,7 @@ from comfyfleet.errors import (
 )
 from comfyfleet.manifest import DownloadSettings, ModelEntry
 from comfyfleet.redact import redact_url
+from comfyfleet.retry import backoff
 from comfyfleet.sources.base import RemoteFile
 
 #: never split a range below this (one request per MiB is pure overhead)

@@ -23,12 +23,13 @@ import aiohttp
 from comfyfleet import sources
 from comfyfleet.download.engine import FileDownload, Hooks, Verified, link_or_copy
 from comfyfleet.download.state import VerifiedState
-from comfyfleet.download.transfer import backoff, session_timeout
+from comfyfleet.download.transfer import session_timeout
 from comfyfleet.download.verify import check_content, hash_file
 from comfyfleet.errors import ComfyfleetError, DiskFull, DownloadError, SourceError
 from comfyfleet.events import RunLog
 from comfyfleet.manifest import Manifest, ModelEntry
 from comfyfleet.redact import redact_text, redact_url
+from comfyfleet.retry import backoff
 from comfyfleet.sources.base import RemoteFile
 
 #: resolutions (HEAD / 1-byte probes) in flight at once

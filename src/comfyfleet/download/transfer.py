@@ -12,10 +12,7 @@ a connection below ``min_speed`` over ``stall_timeout`` is dropped (:class:`Stal
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import random
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +36,7 @@ from comfyfleet.errors import (
     Unreachable,
 )
 from comfyfleet.redact import redact_url
+from comfyfleet.retry import parse_retry_after
 from comfyfleet.sources.base import USER_AGENT, RemoteFile
 
 #: bytes gathered from the socket before one pwrite (in a thread): big enough to amortise the
@@ -58,27 +56,6 @@ class Dropped(DownloadError):
 def session_timeout() -> aiohttp.ClientTimeout:
     """No total timeout (a 25 GB file takes long); connects still time out."""
     return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=30, sock_read=None)
-
-
-def backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base·2^attempt)]."""
-    return random.uniform(0, min(cap, base * 2 ** max(0, attempt)))
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def status_error(status: int, url: str, headers: dict[str, str] | None, body: str) -> SourceError:

@@ -36,9 +36,9 @@ from comfyfleet.sources.http import (
     DEFAULT_ATTEMPTS,
     RANGE_PROBE,
     Reply,
-    content_range_total,
     raise_for_status,
     send,
+    without_probe_headers,
 )
 
 if TYPE_CHECKING:
@@ -210,11 +210,7 @@ async def _probe_download(
     if location:
         # The presigned CDN URL: never send it our Authorization (R2/B2 answer 400/403).
         fetch_url = location
-        fetch_headers = headers_for_redirect(
-            location,
-            current,
-            {k: v for k, v in headers.items() if k not in ("Range", "Accept-Encoding")},
-        )
+        fetch_headers = headers_for_redirect(location, current, without_probe_headers(headers))
         fetch_headers.pop("Authorization", None)
         served_name = filename_from_signed_url(location)
         cdn = await send(
@@ -229,7 +225,7 @@ async def _probe_download(
         data = cdn
     else:
         fetch_url = current
-        fetch_headers = {k: v for k, v in headers.items() if k not in ("Range", "Accept-Encoding")}
+        fetch_headers = without_probe_headers(headers)
         data = reply
     if data.status not in (200, 206) or data.looks_like_page():
         raise NotAModel(
@@ -240,11 +236,7 @@ async def _probe_download(
     served_name = (
         filename_from_content_disposition(data.headers.get("Content-Disposition")) or served_name
     )
-    if data.status == 206:
-        size = content_range_total(data.headers)
-    else:
-        cl = data.headers.get("Content-Length", "")
-        size = int(cl) if cl.isdigit() else None
+    size = data.file_size
 
     # The URL's last segment is the version id, a poor name: the API's name is tried first.
     filename = entry.filename or served_name or filename_from_url(target)

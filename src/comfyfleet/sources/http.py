@@ -9,14 +9,12 @@ that would stream a model is closed unread.
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from comfyfleet.errors import (
     AccessDenied,
@@ -28,6 +26,7 @@ from comfyfleet.errors import (
     Unreachable,
 )
 from comfyfleet.redact import redact_url
+from comfyfleet.retry import backoff, parse_retry_after
 from comfyfleet.sources.auth import auth_headers, headers_for_redirect
 from comfyfleet.sources.base import RemoteFile
 from comfyfleet.sources.filenames import filename_from_content_disposition, filename_from_url
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
 
 #: attempts for one request when the server fails (5xx, 429) or cannot be reached
 DEFAULT_ATTEMPTS = 3
-#: first backoff delay (doubled each attempt, full jitter)
+#: backoff ceiling of the first retry (doubled each attempt, full jitter)
 BACKOFF_BASE = 0.25
 #: longest Retry-After we honour while probing (a preflight must stay fast)
 MAX_RETRY_AFTER = 10.0
@@ -81,22 +80,19 @@ class Reply:
     def text(self) -> str:
         return self.body.decode("utf-8", "replace")
 
+    @property
+    def file_size(self) -> int | None:
+        """The whole file's size: the ``Content-Range`` total of a 206, else ``Content-Length``
+        (a HEAD, or a server that ignored Range)."""
+        if self.status == 206:
+            return content_range_total(self.headers)
+        cl = self.headers.get("Content-Length", "")
+        return int(cl) if cl.isdigit() else None
 
-def retry_after(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> float | None:
-    """Seconds from a ``Retry-After`` header (delay-seconds or an HTTP-date)."""
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        import time
 
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+def without_probe_headers(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` minus what only a 1-byte probe sends (``Range``, ``Accept-Encoding``)."""
+    return {k: v for k, v in headers.items() if k not in ("Range", "Accept-Encoding")}
 
 
 async def _read_upto(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -153,7 +149,7 @@ async def send(
     safe = redact_url(url)
     last: SourceError | None = None
     for attempt in range(max(1, attempts)):
-        wait = random.uniform(0.5, 1.0) * BACKOFF_BASE * 2**attempt
+        wait = backoff(attempt, base=BACKOFF_BASE, cap=MAX_RETRY_AFTER)
         try:
             reply = await _once(session, method, url, headers, read_body, max_body)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
@@ -166,7 +162,7 @@ async def send(
             last = ServerError(f"{method} {safe} failed: {exc}")
         else:
             if reply.status == 429:
-                ra = retry_after(reply.headers)
+                ra = parse_retry_after(reply.headers.get("Retry-After"))
                 last = RateLimited(
                     f"{safe} answered 429 (rate limited / download quota)",
                     hint="wait and try again; for Civitai this is the download quota",
@@ -174,7 +170,7 @@ async def send(
                 )
                 wait = min(ra, MAX_RETRY_AFTER) if ra is not None else wait
             elif reply.status >= 500:
-                ra = retry_after(reply.headers)
+                ra = parse_retry_after(reply.headers.get("Retry-After"))
                 last = ServerError(
                     f"{safe} kept failing: HTTP {reply.status} after {attempt + 1} attempt(s)",
                     hint="the server is failing; try again later or add a mirror",
@@ -262,11 +258,7 @@ async def resolve_plain(
             f"{redact_url(url)} serves a {reply.content_type or 'web page'}, not a model file",
             hint="use the direct download link of the file (not its web page)",
         )
-    if reply.status == 206:
-        size = content_range_total(reply.headers)
-    else:  # a HEAD, or a server that ignored Range: Content-Length is the whole file
-        cl = reply.headers.get("Content-Length", "")
-        size = int(cl) if cl.isdigit() else None
+    size = reply.file_size
     accept_ranges = reply.status == 206 or reply.headers.get("Accept-Ranges", "") == "bytes"
     filename = (
         entry.filename
@@ -279,7 +271,7 @@ async def resolve_plain(
             f"cannot tell a file name for {redact_url(url)}",
             hint='set filename = "..." in the manifest entry',
         )
-    final_headers = {k: v for k, v in sent.items() if k not in ("Range", "Accept-Encoding")}
+    final_headers = without_probe_headers(sent)
     return RemoteFile(
         url=url,
         kind="http",
