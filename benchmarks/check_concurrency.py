@@ -60,8 +60,7 @@ def main() -> None:
 
     server = ModelServer()
     server.start_in_thread()
-    os.environ["HF_ENDPOINT"] = server.base_url
-    os.environ["CIVITAI_ENDPOINT"] = server.base_url
+    os.environ.update(server.endpoint_env())
     for var in ("HF_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN"):
         os.environ.pop(var, None)
     server.latency = args.latency

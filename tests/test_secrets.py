@@ -23,15 +23,11 @@ SECRETS = (HF, CIV)
 
 
 @pytest.fixture
-def server(monkeypatch):
-    srv = ModelServer()
-    srv.start_in_thread()
-    monkeypatch.setenv("HF_ENDPOINT", srv.base_url)
-    monkeypatch.setenv("CIVITAI_ENDPOINT", srv.base_url)
+def server(server, monkeypatch):
+    """The shared model server, with both tokens set."""
     monkeypatch.setenv("HF_TOKEN", HF)
     monkeypatch.setenv("CIVITAI_TOKEN", CIV)
-    yield srv
-    srv.stop_thread()
+    return server
 
 
 def urls(srv: ModelServer) -> list[str]:

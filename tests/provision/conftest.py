@@ -29,15 +29,6 @@ def venv_python(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> Path:
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelServer]:
-    srv = ModelServer()
-    srv.start_in_thread()
-    monkeypatch.setenv("HF_ENDPOINT", srv.base_url)
-    yield srv
-    srv.stop_thread()
-
-
-@pytest.fixture
 def root(tmp_path: Path) -> Iterator[Path]:
     """The provisioning root; any ComfyUI started in it is stopped at teardown."""
     path = tmp_path / "root"

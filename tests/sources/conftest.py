@@ -6,16 +6,12 @@ import pytest
 
 from comfyfleet.testing.modelserver import ModelServer
 
-TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN")
-
 
 @pytest.fixture
-async def server(monkeypatch):
+async def server(point_sources_at):
+    """The model server in the test's own event loop (these tests are async)."""
     async with ModelServer() as srv:
-        monkeypatch.setenv("HF_ENDPOINT", srv.base_url)
-        monkeypatch.setenv("CIVITAI_ENDPOINT", srv.base_url)
-        for var in TOKEN_VARS:
-            monkeypatch.delenv(var, raising=False)
+        point_sources_at(srv)
         yield srv
 
 

@@ -50,7 +50,7 @@ def demo(
         server.start_in_thread()
         try:
             # The demo's "Hugging Face" is the local server (huggingface_hub's HF_ENDPOINT rule).
-            os.environ["HF_ENDPOINT"] = server.base_url
+            os.environ.update(server.endpoint_env())
             world = build_demo(target / "demo-world", server)
             out(f"comfyfleet demo in {target}")
             out(f"  model server      {server.base_url} ({len(world.model_urls)} generated models)")

@@ -187,6 +187,10 @@ class ModelServer:
         """``http://127.0.0.1:<cdn_port>``: where signed redirects point (another origin)."""
         return f"http://{self.host}:{self.cdn_port}"
 
+    def endpoint_env(self) -> dict[str, str]:
+        """Environment that points Hugging Face and Civitai URLs at this server."""
+        return {"HF_ENDPOINT": self.base_url, "CIVITAI_ENDPOINT": self.base_url}
+
     def add_file(
         self, path: str, data: bytes | Path, faults: Faults | None = None, **fault_kw: Any
     ) -> str:

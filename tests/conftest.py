@@ -1,0 +1,36 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from comfyfleet.testing.modelserver import ModelServer
+
+TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN")
+
+
+@pytest.fixture
+def point_sources_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[ModelServer], None]:
+    """Point HF and Civitai URLs at a model server, with no token in the environment."""
+
+    def point(srv: ModelServer) -> None:
+        for name, value in srv.endpoint_env().items():
+            monkeypatch.setenv(name, value)
+        for var in TOKEN_VARS:
+            monkeypatch.delenv(var, raising=False)
+
+    return point
+
+
+@pytest.fixture
+def server(point_sources_at: Callable[[ModelServer], None]) -> Iterator[ModelServer]:
+    """The model server in a background thread (CLI code runs its own event loop)."""
+    srv = ModelServer()
+    srv.start_in_thread()
+    point_sources_at(srv)
+    try:
+        yield srv
+    finally:
+        srv.stop_thread()
