@@ -14,12 +14,12 @@ import os
 from pathlib import Path
 
 from comfyfleet.errors import ChecksumMismatch, CorruptFile, NotAModel, SizeMismatch
+from comfyfleet.manifest import MODEL_EXTENSIONS as COMFYUI_EXTENSIONS
 
 HASH_CHUNK = 1024 * 1024
 #: extensions whose content must be a binary model (an HTML or JSON body is an error page)
-MODEL_EXTENSIONS = frozenset(
-    {".safetensors", ".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl", ".sft", ".gguf", ".onnx"}
-)
+#: (ComfyUI's own list plus the formats custom nodes load)
+MODEL_EXTENSIONS = COMFYUI_EXTENSIONS | {".gguf", ".onnx"}
 #: a safetensors header larger than this is not a header (the format's own limit is 100 MB)
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from comfyfleet.errors import WorkflowError
+from comfyfleet.events import write_atomic
 from comfyfleet.manifest import Manifest, canonical_folder
 
 #: loader class → its file inputs: (input name, widget index in UI format, folder key)
@@ -389,13 +389,11 @@ def install_workflows(manifest: Manifest, root: Path) -> list[Path]:
         if entry.set:
             workflow = load_workflow(source)
             apply_settings(workflow, entry.set)
-            payload = json.dumps(workflow.data, indent=2, ensure_ascii=False) + "\n"
-            if not dest.is_file() or dest.read_text(encoding="utf-8") != payload:
-                tmp = dest.with_name(dest.name + ".tmp")
-                tmp.write_text(payload, encoding="utf-8")
-                tmp.replace(dest)
-        elif not dest.is_file() or dest.read_bytes() != source.read_bytes():
-            shutil.copyfile(source, dest)
+            payload = (json.dumps(workflow.data, indent=2, ensure_ascii=False) + "\n").encode()
+        else:
+            payload = source.read_bytes()
+        if not dest.is_file() or dest.read_bytes() != payload:
+            write_atomic(dest, payload, fsync=False)
         installed.append(dest)
     return installed
 
