@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from comfyfleet import runtime
+from comfyfleet.download import DownloadReport, download_all
 from comfyfleet.errors import (
     ComfyfleetError,
     RuntimeFailure,
@@ -39,22 +40,13 @@ from comfyfleet.manifest import Manifest
 from comfyfleet.verify import VerifyReport, provisioned_models, verify
 
 
-async def download_models(
-    manifest: Manifest, root: Path, log: RunLog, *, progress: bool | None
-) -> Any:
-    """The download engine (``comfyfleet.download.download_all``): the one place it is called."""
-    from comfyfleet.download import download_all
-
-    return await download_all(manifest, root, log, progress=progress)
-
-
 @dataclass
 class ProvisionReport:
     """Everything a provision run did (the ``provision --json`` document)."""
 
     ok: bool = False
     reason: str = ""
-    download: Any = None
+    download: DownloadReport | None = None
     nodes: list[NodeResult] = field(default_factory=list)
     comfyui: runtime.RuntimeInfo | None = None
     checks: VerifyReport | None = None
@@ -254,7 +246,7 @@ async def _provision(
 
     async def downloads() -> None:
         async with phase("download"):
-            report.download = await download_models(manifest, root, log, progress=progress)
+            report.download = await download_all(manifest, root, log, progress=progress)
 
     async def install() -> None:
         nonlocal commit

@@ -14,7 +14,13 @@ from typing import Any
 
 from comfyfleet.download import load_verified
 from comfyfleet.install.git import head_commit, resolve_local
-from comfyfleet.manifest import FOLDER_ALIASES, MODEL_EXTENSIONS, Manifest, ModelEntry
+from comfyfleet.manifest import (
+    FOLDER_ALIASES,
+    MODEL_EXTENSIONS,
+    Manifest,
+    ModelEntry,
+    canonical_folder,
+)
 from comfyfleet.units import format_size
 
 
@@ -176,13 +182,8 @@ async def verify(
     settings = manifest.validate_
     for section, level in (("require", "fail"), ("warn", "warn")):
         for key, minimum in getattr(settings, section).items():
-            found = count_models(manifest, root, manifest_key(key), settings.min_size)
+            found = count_models(manifest, root, canonical_folder(key), settings.min_size)
             name = f"validate {section} {key} >= {minimum}"
             detail = f"{len(found)} file(s) of at least {format_size(settings.min_size)}"
             report.add(name, "ok" if len(found) >= minimum else level, detail)
     return report
-
-
-def manifest_key(folder: str) -> str:
-    """The canonical key of a folder name used in ``[validate]``."""
-    return FOLDER_ALIASES.get(folder, folder)

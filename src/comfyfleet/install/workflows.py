@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from comfyfleet.errors import WorkflowError
 from comfyfleet.events import write_atomic
-from comfyfleet.manifest import Manifest, canonical_folder
+from comfyfleet.manifest import CORE_FOLDERS, FOLDER_ALIASES, Manifest, canonical_folder
 
 #: loader class → its file inputs: (input name, widget index in UI format, folder key)
 LOADER_INPUTS: dict[str, list[tuple[str, int, str]]] = {
@@ -412,8 +412,6 @@ def manifest_from_workflow(path: str | Path) -> dict[str, Any]:
     models: list[dict[str, Any]] = []
     extra: list[str] = []
     seen: set[tuple[str, str]] = set()
-    from comfyfleet.manifest import CORE_FOLDERS, FOLDER_ALIASES
-
     for need in model_needs(workflow):
         if not need.url or (need.key, need.filename) in seen:
             continue
