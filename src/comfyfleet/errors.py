@@ -36,10 +36,6 @@ class ManifestError(UsageError):
     """The manifest does not parse or does not match the schema (field path in the message)."""
 
 
-class ConfigError(UsageError):
-    """A pool config does not parse or does not match the schema."""
-
-
 # --- remote sources ------------------------------------------------------------------------
 
 
@@ -187,19 +183,11 @@ class RuntimeFailure(ComfyfleetError):
     """ComfyUI did not start, crashed, or is not ready by its own API."""
 
 
-# --- remote log streaming and fleet ------------------------------------------------------
+# --- remote log streaming ------------------------------------------------------------
 
 
 class HostKeyError(ComfyfleetError):
     """The remote host key is unknown or changed; refused (never silently accepted)."""
-
-
-class ProviderError(ComfyfleetError):
-    """A cloud provider's API failed; the call may or may not have taken effect."""
-
-
-class ProviderRateLimited(ProviderError):
-    """The provider asked us to slow down."""
 
 
 class Interrupted(ComfyfleetError):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from comfyfleet import runtime
-from comfyfleet.events import MARKER_COMPLETE, MARKER_FAILED
+from comfyfleet.events import EVENT_NAMES, MARKER_COMPLETE, MARKER_FAILED
 from comfyfleet.manifest import load_manifest
 from comfyfleet.provision import provision
 from comfyfleet.testing.demo_fixture import DEMO_NODE_CLASS, DemoWorld, write_manifest
@@ -53,8 +53,11 @@ async def test_fresh_root_ends_with_a_ready_comfyui_that_lists_every_model(
     assert save["widgets_values"] == ["demo/out"]
     events = [json.loads(line)["event"] for line in (root / ".comfyfleet/events.jsonl").open()]
     for name in ("run_started", "phase_started", "node_installed", "validation", "comfyui_started",
-                 "comfyui_ready", "run_completed"):  # fmt: skip
+                 "comfyui_ready", "run_completed", "file_queued", "file_started",
+                 "file_verified"):  # fmt: skip
         assert name in events
+    # Every name emitted is one of the documented, public event names.
+    assert set(events) <= EVENT_NAMES, set(events) - EVENT_NAMES
 
 
 async def test_second_run_downloads_nothing_clones_nothing_and_adopts_comfyui(
