@@ -17,9 +17,9 @@ from repos import (
 )
 from typer.testing import CliRunner
 
-from comfyfleet.check import STATUSES, EntryResult, check_disk
 from comfyfleet.cli import _register, app
 from comfyfleet.manifest import parse_manifest
+from comfyfleet.preflight import STATUSES, EntryResult, check_disk
 from comfyfleet.sources import closest_paths
 from comfyfleet.testing.modelserver import Faults, make_safetensors
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from comfyfleet import runtime
 from comfyfleet.events import EVENT_NAMES, MARKER_COMPLETE, MARKER_FAILED
 from comfyfleet.manifest import load_manifest
-from comfyfleet.provision import provision
+from comfyfleet.provisioning import provision
 from comfyfleet.testing.demo_fixture import DEMO_NODE_CLASS, DemoWorld, write_manifest
 from comfyfleet.testing.modelserver import ModelServer
 from comfyfleet.testing.repos import make_node_repo, offline_requirements

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import typer
 
-from comfyfleet.check import CheckReport, check_manifest
 from comfyfleet.cli.app import app, emit_json, run
 from comfyfleet.manifest import load_manifest
+from comfyfleet.preflight import CheckReport, check_manifest
 from comfyfleet.redact import redact_text
 from comfyfleet.units import format_size
 

@@ -33,10 +33,10 @@ def demo(
     ),
 ) -> None:
     """Run check → download → install → verify → start → ready offline, with a stand-in ComfyUI."""
-    from comfyfleet.check import check_manifest
     from comfyfleet.cli.provision import render_event
     from comfyfleet.manifest import load_manifest
-    from comfyfleet.provision import provision
+    from comfyfleet.preflight import check_manifest
+    from comfyfleet.provisioning import provision
     from comfyfleet.testing.demo_fixture import build_demo
     from comfyfleet.testing.modelserver import ModelServer
 

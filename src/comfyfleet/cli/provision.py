@@ -63,7 +63,7 @@ def provision(
     json_out: bool = JSON,
 ) -> None:
     """Install ComfyUI, custom nodes, models and workflows; verify; start ComfyUI until ready."""
-    from comfyfleet.provision import provision as do_provision
+    from comfyfleet.provisioning import provision as do_provision
 
     def body() -> int:
         m = load_manifest(manifest)
@@ -102,7 +102,7 @@ def verify_cmd(
     json_out: bool = JSON,
 ) -> None:
     """Check models (present, verified), nodes (at their refs) and \\[validate] minimums."""
-    from comfyfleet.verify import verify
+    from comfyfleet.verification import verify
 
     def body() -> int:
         m = load_manifest(manifest)
@@ -122,7 +122,7 @@ def verify_cmd(
 @app.command()
 def start(manifest: Path = MANIFEST, root: Path = ROOT, json_out: bool = JSON) -> None:
     """Start ComfyUI as the manifest says (or adopt a healthy one) and wait until ready."""
-    from comfyfleet.provision import start_comfyui
+    from comfyfleet.provisioning import start_comfyui
 
     def body() -> int:
         m = load_manifest(manifest)

@@ -22,6 +22,12 @@ from typing import Any
 
 import aiohttp
 
+from comfyfleet.download.integrity import (
+    PrefixHasher,
+    check_content,
+    check_sha256,
+    check_size,
+)
 from comfyfleet.download.partfile import Identity, PartFile
 from comfyfleet.download.segments import Segments
 from comfyfleet.download.transfer import (
@@ -30,12 +36,6 @@ from comfyfleet.download.transfer import (
     TransferSettings,
     fetch_range,
     fetch_whole,
-)
-from comfyfleet.download.verify import (
-    PrefixHasher,
-    check_content,
-    check_sha256,
-    check_size,
 )
 from comfyfleet.errors import (
     DiskFull,

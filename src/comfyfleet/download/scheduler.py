@@ -22,9 +22,9 @@ import aiohttp
 
 from comfyfleet import sources
 from comfyfleet.download.engine import FileDownload, Hooks, Verified, link_or_copy
+from comfyfleet.download.integrity import check_content, hash_file
 from comfyfleet.download.state import VerifiedState
 from comfyfleet.download.transfer import session_timeout
-from comfyfleet.download.verify import check_content, hash_file
 from comfyfleet.errors import ComfyfleetError, DiskFull, DownloadError, SourceError
 from comfyfleet.events import RunLog
 from comfyfleet.manifest import Manifest, ModelEntry

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import aiohttp
 
+from comfyfleet.download.integrity import MODEL_EXTENSIONS
 from comfyfleet.download.partfile import PartFile
 from comfyfleet.download.segments import Claim, Segments
-from comfyfleet.download.verify import MODEL_EXTENSIONS
 from comfyfleet.errors import (
     AccessDenied,
     DownloadError,

@@ -37,7 +37,7 @@ from comfyfleet.install import comfyui as comfyui_install
 from comfyfleet.install.nodes import NodeResult, install_nodes
 from comfyfleet.install.workflows import check_workflows, install_workflows
 from comfyfleet.manifest import Manifest
-from comfyfleet.verify import VerifyReport, provisioned_models, verify
+from comfyfleet.verification import VerifyReport, provisioned_models, verify
 
 
 @dataclass
