@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from comfyfleet.check import check_manifest
 from comfyfleet.manifest import parse_manifest
+from comfyfleet.preflight import check_manifest
 from comfyfleet.testing.modelserver import ModelServer, make_safetensors
 
 
