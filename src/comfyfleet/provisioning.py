@@ -185,7 +185,7 @@ async def provision(
         workflows=len(manifest.workflows),
         strict=strict,
     )
-    log.info(f"provision {root} ({len(manifest.models)} models, {len(manifest.nodes)} nodes)")
+    log.info("provision", f"{root} ({len(manifest.models)} models, {len(manifest.nodes)} nodes)")
     try:
         await _provision(
             manifest,
@@ -278,7 +278,7 @@ async def _provision(
     required_failed = [f for f in failed_files if f.required]
     for f in failed_files:
         if not f.required:
-            log.info(f"WARNING optional model {f.folder}/{f.filename} failed: {f.error}")
+            log.info("WARNING", f"optional model {f.folder}/{f.filename} failed: {f.error}")
     if required_failed or (
         report.download is not None and not report.download.ok and not failed_files
     ):
@@ -308,7 +308,7 @@ async def _provision(
         for c in checks.checks:
             log.emit("validation", name=c.name, status=c.status, detail=c.detail)
             if c.status != "ok":
-                log.info(f"{c.status.upper()} {c.name}: {c.detail}")
+                log.info("check", f"{c.status.upper()} {c.name}: {c.detail}")
         if not checks.ok:
             bad = checks.failures()
             raise ValidationFailed(
@@ -319,7 +319,7 @@ async def _provision(
             )
 
     if not start:
-        log.info("--no-start: ComfyUI not started")
+        log.info("comfyui", "not started (--no-start)")
         return
     async with phase("start"):
         fp = fingerprint(manifest, commit, report.nodes)
@@ -328,13 +328,13 @@ async def _provision(
             root,
             nodes=report.nodes,
             fingerprint_=fp,
-            on_info=log.info,
+            on_info=lambda message: log.info("comfyui", message),
             start_timeout=start_timeout,
         )
         report.comfyui = info
         log.emit("comfyui_started", pid=info.pid, port=info.port, action=info.action)
         for w in info.report.warnings:
-            log.info(f"WARNING {w}")
+            log.info("WARNING", w)
         if not info.ready:
             raise RuntimeFailure(
                 "ComfyUI is running but not ready: " + "; ".join(info.report.problems),
@@ -349,6 +349,7 @@ async def _provision(
             url=f"http://{manifest.comfyui.listen}:{info.port}",
         )
         log.info(
-            f"ComfyUI ready at http://{manifest.comfyui.listen}:{info.port} "
-            f"(pid {info.pid}, {info.action})"
+            "comfyui",
+            f"ready at http://{manifest.comfyui.listen}:{info.port} "
+            f"(pid {info.pid}, {info.action})",
         )

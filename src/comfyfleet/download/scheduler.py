@@ -194,9 +194,10 @@ class _Run(Hooks):
                            fetch_host=_host(dl.remote.fetch_url)),
         )  # fmt: skip
         self.log.info(
-            f"download {job.key} ({total if total is not None else '?'} bytes"
+            "download",
+            f"{job.key} ({total if total is not None else '?'} bytes"
             + (f", resuming at {resumed}" if resumed else "")
-            + ")"
+            + ")",
         )
         self._status(job, "downloading", bytes=resumed)
 
@@ -302,7 +303,7 @@ class _Run(Hooks):
             job.entry.required, path, url=redact_url(job.entry.url),
         )  # fmt: skip
         self.log.emit("file_skipped", **self._fields(job, bytes=size, total=size, reason=why))
-        self.log.info(f"skip {job.key}: {why}")
+        self.log.info("skip", f"{job.key}: {why}")
         self._status(job, "skipped", bytes=size)
 
     async def resolve(self, job: _Job, url: str) -> RemoteFile:
@@ -353,7 +354,7 @@ class _Run(Hooks):
         last: BaseException | None = None
         for i, url in enumerate(urls):
             if i > 0:
-                self.log.info(f"{job.key}: trying mirror {redact_url(url)}")
+                self.log.info("mirror", f"{job.key}: trying {redact_url(url)}")
             try:
                 if i == 0 and job.remote is not None:
                     remote = job.remote
@@ -384,7 +385,7 @@ class _Run(Hooks):
                                    sha256=verified.sha256, downloaded=job.downloaded,
                                    seconds=round(time.monotonic() - t0, 3)),
                 )  # fmt: skip
-                self.log.info(f"verified {job.key} sha256={verified.sha256}")
+                self.log.info("verified", f"{job.key} sha256={verified.sha256}")
                 self._status(job, "verified", bytes=verified.size)
             return
         self._fail(job, last or DownloadError("no URL to download from"), time.monotonic() - t0)
@@ -476,7 +477,7 @@ class _Run(Hooks):
         )  # fmt: skip
         self.log.emit("file_verified", **self._fields(job, bytes=lead.bytes, total=lead.bytes,
                       sha256=lead.sha256, linked_to=str(lead.path), downloaded=0))  # fmt: skip
-        self.log.info(f"verified {job.key}: hard link to {leader.key} (same URL)")
+        self.log.info("verified", f"{job.key}: hard link to {leader.key} (same URL)")
         self._status(job, "verified", bytes=lead.bytes)
 
     async def run(self) -> None:
@@ -532,7 +533,8 @@ async def download_all(
     ok = all(f.status != "failed" or not f.required for f in files)
     report = DownloadReport(ok, files, run.downloaded, time.monotonic() - t0)
     log.info(
-        f"downloads: {report.count('verified')} verified, {report.count('skipped')} skipped, "
-        f"{report.count('failed')} failed; {report.bytes} bytes in {report.seconds:.1f}s"
+        "downloads",
+        f"{report.count('verified')} verified, {report.count('skipped')} skipped, "
+        f"{report.count('failed')} failed; {report.bytes} bytes in {report.seconds:.1f}s",
     )
     return report
