@@ -36,6 +36,14 @@ class ManifestError(UsageError):
     """The manifest does not parse or does not match the schema (field path in the message)."""
 
 
+class RootUnusable(UsageError):
+    """``--root`` is not a directory (or its state directory cannot be created)."""
+
+
+class RootLocked(ComfyfleetError):
+    """Another comfyfleet run holds the root's lock (``ROOT/.comfyfleet/lock``)."""
+
+
 # --- remote sources ------------------------------------------------------------------------
 
 

@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from comfyfleet.lock import STATE_DIR, RootLock
 from comfyfleet.names import escape_controls
 from comfyfleet.redact import redact_text
 
-STATE_DIR = ".comfyfleet"
 SENTINEL_RUNNING = ".provisioning"
 SENTINEL_COMPLETE = ".provisioning_complete"
 SENTINEL_FAILED = ".provisioning_failed"
@@ -119,7 +119,16 @@ class RunLog:
         self._status_written = 0.0
         self._started = time.monotonic()
         self._closed = False
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # The lock first: a run refused because another holds ROOT changes no file.
+        self._lock = RootLock(self.root, command)
+        self._lock.acquire()
+        try:
+            self._open(sentinels)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, sentinels: bool) -> None:
         log = self.dir / "provision.log"
         if log.exists():
             os.replace(log, self.dir / "provision.log.1")
@@ -232,6 +241,7 @@ class RunLog:
         self._closed = True
         for fh in (self._events, self._log, self._errors):
             fh.close()
+        self._lock.release()
 
     def __enter__(self) -> RunLog:
         return self

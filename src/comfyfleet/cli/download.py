@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from comfyfleet.cli.app import app, emit_json, run, run_async
+from comfyfleet.cli.provision import WAIT_LOCK, locked_root
 from comfyfleet.download import DownloadReport, download_all
 from comfyfleet.errors import Interrupted
 from comfyfleet.events import RunLog
@@ -35,13 +36,17 @@ def summary(report: DownloadReport) -> str:
 def download(
     manifest: Path = typer.Argument(..., help="The manifest (TOML or YAML)."),
     root: Path = typer.Option(..., "--root", help="Where ComfyUI and its models live."),
+    wait_lock: bool = WAIT_LOCK,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document to stdout."),
 ) -> None:
     """Download every model of MANIFEST into ROOT, verified (exit 1 if a required one failed)."""
 
     def body() -> int:
         load_manifest(manifest)  # a bad manifest exits 2 before anything is created
-        root.mkdir(parents=True, exist_ok=True)
+        with locked_root(root, "download", wait=wait_lock, json_out=json_out):
+            return locked_body()
+
+    def locked_body() -> int:
         log = RunLog(root, "download")
         try:
             m = load_manifest(manifest)

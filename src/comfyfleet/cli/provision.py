@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +15,73 @@ import typer
 
 from comfyfleet import runtime
 from comfyfleet.cli.app import app, emit_json, run, run_async
+from comfyfleet.errors import ComfyfleetError
+from comfyfleet.lock import STATE_DIR, LockHolder, RootLock, check_root, stop_holder
 from comfyfleet.manifest import load_manifest
+from comfyfleet.names import escape_controls
 from comfyfleet.redact import redact_text
 
 MANIFEST = typer.Argument(..., help="The manifest (TOML or YAML).", show_default=False)
 ROOT = typer.Option(..., "--root", help="The directory to provision (ComfyUI, models, state).")
 JSON = typer.Option(False, "--json", help="Print one JSON document on stdout (progress on stderr).")
+WAIT_LOCK = typer.Option(
+    False,
+    "--wait-lock",
+    help="If another comfyfleet run holds ROOT, wait for it (default: exit 1).",
+)
+#: seconds ``stop`` gives a run holding the lock to end after SIGTERM before it is killed
+STOP_RUN_GRACE = 60.0
 
 
 def _err(line: str) -> None:
-    print(redact_text(line), file=sys.stderr, flush=True)
+    # stderr is often captured into a log someone follows: values in it are shown escaped
+    print(escape_controls(redact_text(line)), file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While blocked in flock, SIGTERM ends the command like Ctrl-C (exit 130), not with 143."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def locked_root(root: Path, command: str, *, wait: bool, json_out: bool) -> Iterator[RootLock]:
+    """Hold ROOT's lock for a command, taken before anything under ROOT is touched.
+
+    Refused (another run holds it): exit 1, with one JSON document under ``--json``.
+    """
+
+    def waiting(who: LockHolder | None) -> None:
+        pid = f"pid {who.pid}, {who.command}" if who else "pid unknown"
+        _err(f"waiting for another comfyfleet run ({pid}) to release {root}")
+
+    lock = RootLock(root, command)
+    try:
+        with _sigterm_interrupts():
+            lock.acquire(wait=wait, on_wait=waiting)
+    except ComfyfleetError as exc:
+        if json_out:
+            emit_json({"ok": False, "error": str(exc)})
+        raise
+    except KeyboardInterrupt:
+        if json_out:
+            emit_json({"ok": False, "interrupted": True})
+        raise
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 _last_phase: list[str] = [""]
@@ -60,6 +121,7 @@ def provision(
     no_start: bool = typer.Option(
         False, "--no-start", help="Install and verify; don't start ComfyUI."
     ),
+    wait_lock: bool = WAIT_LOCK,
     json_out: bool = JSON,
 ) -> None:
     """Install ComfyUI, custom nodes, models and workflows; verify; start ComfyUI until ready."""
@@ -67,17 +129,18 @@ def provision(
 
     def body() -> int:
         m = load_manifest(manifest)
-        report = run_async(
-            lambda: do_provision(
-                m,
-                root,
-                strict=strict or None,
-                start=not no_start,
-                progress=None,
-                on_event=render_event,
-            ),
-            resume_hint="downloads and installs done so far are kept — run provision again",
-        )
+        with locked_root(root, "provision", wait=wait_lock, json_out=json_out):
+            report = run_async(
+                lambda: do_provision(
+                    m,
+                    root,
+                    strict=strict or None,
+                    start=not no_start,
+                    progress=None,
+                    on_event=render_event,
+                ),
+                resume_hint="downloads and installs done so far are kept — run provision again",
+            )
         if json_out:
             emit_json(report.to_json())
         if not report.ok:
@@ -120,13 +183,16 @@ def verify_cmd(
 
 
 @app.command()
-def start(manifest: Path = MANIFEST, root: Path = ROOT, json_out: bool = JSON) -> None:
+def start(
+    manifest: Path = MANIFEST, root: Path = ROOT, wait_lock: bool = WAIT_LOCK, json_out: bool = JSON
+) -> None:
     """Start ComfyUI as the manifest says (or adopt a healthy one) and wait until ready."""
     from comfyfleet.provisioning import start_comfyui
 
     def body() -> int:
         m = load_manifest(manifest)
-        info = asyncio.run(start_comfyui(m, root.resolve(), on_info=_err))
+        with locked_root(root, "start", wait=wait_lock, json_out=json_out):
+            info = asyncio.run(start_comfyui(m, root.resolve(), on_info=_err))
         if json_out:
             emit_json(info.to_json())
         for w in info.report.warnings:
@@ -142,16 +208,41 @@ def start(manifest: Path = MANIFEST, root: Path = ROOT, json_out: bool = JSON) -
 
 
 @app.command()
-def stop(root: Path = ROOT, json_out: bool = JSON) -> None:
-    """Stop the ComfyUI of ROOT (process group: TERM, then KILL after a grace period)."""
+def stop(
+    root: Path = ROOT,
+    wait_lock: bool = typer.Option(
+        False, "--wait-lock", help="Let a run that holds ROOT finish instead of stopping it first."
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """Stop the run holding ROOT (if any: SIGTERM, it ends cleanly), then ROOT's ComfyUI."""
 
     def body() -> int:
-        result = asyncio.run(runtime.stop(root.resolve()))
+        check_root(root)
+        stopped_run: LockHolder | None = None
+        lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if (root / STATE_DIR).is_dir():  # no state dir: no run of ours can hold a lock here
+            if wait_lock:
+                lock = locked_root(root, "stop", wait=True, json_out=json_out)
+            else:
+                held = RootLock(root, "stop")
+                stopped_run = stop_holder(root, held, grace=STOP_RUN_GRACE)
+                if stopped_run is not None:
+                    _err(f"stopped the comfyfleet run holding {root} (pid {stopped_run.pid}, "
+                         f"{stopped_run.command})")  # fmt: skip
+                lock = held  # held by stop_holder; leaving the block releases it
+        with lock:
+            result = asyncio.run(runtime.stop(root.resolve()))
+        result["run_stopped"] = stopped_run.to_json() if stopped_run else None
+        if result["problem"]:
+            _err(f"warning: {result['problem']}; looked for ComfyUI by its working directory")
         if json_out:
             emit_json(result)
         elif result["stopped"]:
+            how = ", found by its working directory" if result["found_by"] == "cwd" else ""
             _err(
-                f"stopped ComfyUI (pid {result['pid']})" + (" (killed)" if result["killed"] else "")
+                f"stopped ComfyUI (pid {result['pid']}{how})"
+                + (" (killed)" if result["killed"] else "")
             )
         elif result["stale"]:
             _err(
@@ -180,6 +271,11 @@ def status(root: Path = ROOT, json_out: bool = JSON) -> None:
             )
         else:
             print("not running")
+        if not json_out and doc.get("pid_file_problem"):
+            _err(f"warning: {doc['pid_file_problem']}; looked for ComfyUI by its working directory")
+        if not json_out and doc.get("lock"):
+            who = doc["lock"]
+            print(f"run in progress: {who['command']} (pid {who['pid']}) since {who['since']}")
         return 0 if doc["running"] and doc["healthy"] else 1
 
     run(body)
