@@ -87,7 +87,7 @@ def parse_pid_record(text: str) -> PidRecord:
     field is present and well-formed (a record we cannot fully check is never trusted)."""
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise PidFileProblem("is not JSON") from None
     if not isinstance(doc, dict):
         raise PidFileProblem("is not a JSON object")
