@@ -458,3 +458,29 @@ def test_hostile_values_load_only_as_plain_names_and_fail_without_secrets(data):
     assert all(not (n.ref or "").startswith("-") and not n.repo.startswith("-") for n in m.nodes)
     assert 0 < m.comfyui.port < 65536
     assert all("\x00" not in a and "\n" not in a for a in m.comfyui.args)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[comfyui]\nargs = ["--port", "81a88"]\n', "comfyui.args"),
+        ('[[models]]\nurl = "http://[::1/x"\nfolder = "vae"\n', "models[0].url"),
+        ('[comfyui]\nextra_folders = ["../../../root/.ssh"]\n', "comfyui.extra_folders[0]"),
+        ("x = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ],
+)
+@pytest.mark.parametrize("command", ["provision", "download"])
+def test_the_cli_refuses_at_load_with_exit_2_creating_nothing(tmp_path, text, where, command):
+    import subprocess
+    import sys
+
+    man = tmp_path / "m.toml"
+    man.write_text(text)
+    root = tmp_path / "root"
+    r = subprocess.run(
+        [sys.executable, "-c", "from comfyfleet.cli import main; main()", command, str(man),
+         "--root", str(root)], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert where in r.stderr and "Traceback" not in r.stderr
+    assert not root.exists()  # no state dir, no sentinel, no log

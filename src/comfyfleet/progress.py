@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from comfyfleet.events import RunLog
+from comfyfleet.names import escape_controls
 from comfyfleet.units import format_duration, format_size
 
 #: seconds between plain status lines when stderr is not a terminal
@@ -146,7 +147,8 @@ class PlainRenderer(ProgressRenderer):
                 next_line = time.monotonic() + self.every
                 line = self.status_line()
             with contextlib.suppress(Exception):
-                self.stream.write(line + "\n")
+                # stderr is often captured into a followed log: one event, one escaped line
+                self.stream.write(escape_controls(line) + "\n")
                 self.stream.flush()
 
     def stop(self) -> None:

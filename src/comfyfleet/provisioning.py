@@ -36,6 +36,7 @@ from comfyfleet.events import RunLog
 from comfyfleet.install import comfyui as comfyui_install
 from comfyfleet.install.nodes import NodeResult, install_nodes
 from comfyfleet.install.workflows import check_workflows, install_workflows
+from comfyfleet.lock import check_root
 from comfyfleet.manifest import Manifest
 from comfyfleet.verification import VerifyReport, provisioned_models, verify
 
@@ -169,8 +170,8 @@ async def provision(
     sentinel say so); the CLI turns it into exit 130.
     """
     root = Path(root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    log = RunLog(root, "provision", sentinels=True)
+    check_root(root)  # a file as --root: exit 2 before anything is created
+    log = RunLog(root, "provision", sentinels=True)  # takes ROOT's lock before any write
     if on_event is not None:
         log.subscribe(on_event)
     report = ProvisionReport(port=manifest.comfyui.port)
