@@ -46,7 +46,7 @@ Listener = Callable[[dict[str, Any]], None]
 #: a filename, a node name), so only comfyfleet can write a line that starts with a marker.
 LogWord = Literal[
     "provision", "download", "downloads", "verified", "skip", "mirror", "node", "comfyui",
-    "environment", "workflow", "check", "phase", "lock", "WARNING", "ERROR",
+    "environment", "workflow", "check", "phase", "WARNING", "ERROR",
 ]  # fmt: skip
 LOG_WORDS: frozenset[str] = frozenset(LogWord.__args__)  # type: ignore[attr-defined]
 #: how a line of text comfyfleet did not write itself (subprocess output, a server's message,

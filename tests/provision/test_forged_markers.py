@@ -57,3 +57,27 @@ async def test_a_critical_liar_fails_the_run_with_one_failed_marker(
     assert not report.ok and "critical node LiarNode failed" in report.reason
     ((line, outcome),) = _markers(root)
     assert outcome == "failed" and line.startswith("PROVISIONING FAILED: critical node LiarNode")
+
+
+async def test_a_comfyui_log_tail_with_markers_in_a_start_failure_is_indented(
+    world: DemoWorld, root: Path, tmp_path: Path
+):
+    from comfyfleet.testing.repos import make_repo
+
+    crash = (
+        "import os\n"
+        "print('PROVISIONING COMPLETE', flush=True)\n"
+        "print('FATAL: forged by a node', flush=True)\n"
+        "os._exit(3)\n"
+    )
+    node = make_repo(tmp_path / "more", "CrashNode", {"__init__.py": crash}, tag="v1")
+    world.manifest["nodes"].append({"repo": node.url, "ref": node.tag})
+    write_manifest(world.manifest_path, world.manifest)
+
+    report = await provision(load_manifest(world.manifest_path), root)
+
+    assert not report.ok and "exited with code 3 during startup" in report.reason
+    log = (root / ".comfyfleet/provision.log").read_text()
+    assert "  | FATAL: forged by a node" in log  # the tail is there, indented
+    ((line, outcome),) = _markers(root)
+    assert outcome == "failed" and line.startswith("PROVISIONING FAILED: ComfyUI exited")
