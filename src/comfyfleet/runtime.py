@@ -223,7 +223,8 @@ def is_our_process(record: PidRecord) -> bool:
     stat = _proc_stat(record.pid)
     if stat is None or stat[1] != record.start_ticks:
         return False  # the pid was reused by another process (or there is no /proc)
-    if _cmdline(record.pid) != record.argv or not _runs_main_py(record.argv):
+    # the arguments after the interpreter: an image's python may be a wrapper that execs another
+    if _cmdline(record.pid)[1:] != record.argv[1:] or not _runs_main_py(record.argv):
         return False
     cwd = _cwd(record.pid)
     return cwd is not None and os.path.realpath(cwd) == os.path.realpath(record.cwd)

@@ -100,7 +100,8 @@ def render_event(event: dict[str, Any]) -> None:
         level = (
             "FAILED (critical)" if event.get("critical") else "failed (non-critical, continuing)"
         )
-        _err(f"    node {event['name']}: {level}: {(event.get('error') or '').splitlines()[0:1]}")
+        first = (event.get("error") or "").partition("\n")[0]
+        _err(f"    node {event['name']}: {level}: {first}")
     elif name == "validation" and event.get("status") != "ok":
         _err(f"    {event['status']}: {event['name']}: {event.get('detail', '')}")
     elif name == "comfyui_started":
