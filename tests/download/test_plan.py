@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from comfyfleet.download.plan import DownloadPlan, destination, static_name
 from comfyfleet.errors import DestinationTaken, DownloadError
@@ -132,3 +134,63 @@ def test_records_are_keyed_relative_to_the_root(tmp_path):
                             "sha256": SHA}],
                 {"ComfyUI/models/vae/a.safetensors": rec()})  # fmt: skip
     assert os.path.relpath(p.files[0].skip.path, tmp_path) == "ComfyUI/models/vae/a.safetensors"
+
+
+NAMES = ["x.safetensors", "y.safetensors", "z.ckpt", "../up", "a/b", "n\nPROVISIONING COMPLETE", ""]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_claims_never_share_a_destination_or_leave_models(tmp_path_factory, data):
+    root = tmp_path_factory.getbasetemp() / "plan-property"
+    n = data.draw(st.integers(1, 10))
+    models = [
+        {
+            "url": f"{CIVITAI}/{i}",  # named by the server only: every collision is a runtime one
+            "folder": data.draw(st.sampled_from(["loras", "vae", "unet"])),
+            "subfolder": data.draw(st.sampled_from(["", "a", "a/b"])),
+        }
+        for i in range(n)
+    ]
+    p = plan_of(root, models)
+    resolved = {i: data.draw(st.sampled_from(NAMES)) for i in range(n)}
+
+    p.claim_resolved(resolved)
+
+    owners = [f for f in p.files if f.dest is not None]
+    assert len({f.dest for f in owners}) == len(owners)
+    models_dir = root / "ComfyUI" / "models"
+    for f in owners:
+        assert models_dir in f.dest.parents and f.name == resolved[f.index]
+    for f in p.files:
+        name = resolved[f.index]
+        if not name:
+            assert f.dest is None and f.refused is None  # still unnamed: named later, or fails
+            continue
+        safe = "/" not in name and "\n" not in name and ".." not in name
+        earlier = [
+            o for o in owners
+            if o.index < f.index and (o.entry.folder, o.entry.subfolder, o.name)
+            == (f.entry.folder, f.entry.subfolder, name)
+        ]  # fmt: skip
+        if f.refused is None:
+            assert f.dest is not None and safe and not earlier
+        else:
+            assert not safe or (earlier and isinstance(f.refused, DestinationTaken))
+
+
+def test_a_part_file_has_one_writer(tmp_path):
+    from comfyfleet.download.partfile import Identity, PartFile
+
+    final = tmp_path / "m.safetensors"
+    first = PartFile(final, Identity(url="u", size=10, sha256=None, etag=None))
+    second = PartFile(final, Identity(url="u", size=10, sha256=None, etag=None))
+    first.open(keep=False)
+    try:
+        with pytest.raises(DownloadError, match="another download"):
+            second.open(keep=False)
+        assert second.fd is None
+    finally:
+        first.close()
+    second.open(keep=True)  # free again once the first writer closed it
+    second.close()

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from comfyfleet.errors import DestinationTaken, DownloadError
 from comfyfleet.manifest import Manifest, ModelEntry
-from comfyfleet.names import path_under, plain_subpath
+from comfyfleet.names import escape_controls, path_under, plain_subpath
 from comfyfleet.redact import redact_url
 
 #: a verified.json record: ``{"size", "sha256", "mtime_ns", "url", ...}``
@@ -32,8 +32,8 @@ def destination(models_dir: Path, entry: ModelEntry, name: str) -> Path:
 
 
 def where(entry: ModelEntry, name: str) -> str:
-    """``folder[/subfolder]/name``: how a destination is shown to people."""
-    return "/".join(p for p in (entry.folder, entry.subfolder, name) if p)
+    """``folder[/subfolder]/name``: how a destination is shown to people (on one line)."""
+    return escape_controls("/".join(p for p in (entry.folder, entry.subfolder, name) if p))
 
 
 def static_name(entry: ModelEntry) -> str | None:
@@ -170,6 +170,12 @@ class DownloadPlan:
             PlannedFile(i, e, e.filename, size=e.size) for i, e in enumerate(manifest.models)
         ]
         self._owners: dict[Path, PlannedFile] = {}
+        # Records by (directory, URL): how an entry named by its server is found again.
+        self._by_url = {
+            ((self.root / key).parent, rec.get("url")): (self.root / key, rec)
+            for key, rec in sorted(records.items())
+            if isinstance(rec, Mapping)
+        }
         for f in self.files:
             self._skip_recorded(f)
             if f.dest is None and f.name is not None and f.refused is None:
@@ -238,12 +244,7 @@ class DownloadPlan:
                 return None
             return path, self.records.get(self._key(path))
         folder = self.models_dir.joinpath(entry.folder, *plain_subpath(entry.subfolder))
-        url = redact_url(entry.url)
-        for key, rec in self.records.items():
-            path = self.root / key
-            if path.parent == folder and rec.get("url") == url:
-                return path, rec
-        return None
+        return self._by_url.get((folder, redact_url(entry.url)))
 
     def _skip_recorded(self, file: PlannedFile) -> None:
         found = self.recorded(file)
@@ -254,6 +255,21 @@ class DownloadPlan:
             self._try_claim(file, path.name)
             if file.refused is None:
                 file.skip = Skip(path, str(rec["sha256"]), int(rec["size"]), "verified earlier")
+
+    def skip_recorded(self, file: PlannedFile, sha256: str | None) -> bool:
+        """Skip a claimed ``file`` whose destination is on record as the bytes it asks for
+        (``sha256``: the manifest's or the server's, when known); True when skipped."""
+        if file.skip is not None:
+            return True
+        if file.dest is None:
+            return False
+        rec = self.records.get(self._key(file.dest))
+        if rec is None or not (
+            rec.get("sha256") == sha256 if sha256 else record_fits(file.entry, rec)
+        ):
+            return False
+        file.skip = Skip(file.dest, str(rec["sha256"]), int(rec["size"]), "verified earlier")
+        return True
 
     def to_recheck(self) -> list[PlannedFile]:
         """Named files with a known sha256 that are not on record: hash what is on disk."""

@@ -28,7 +28,7 @@ import aiohttp
 from comfyfleet import sources
 from comfyfleet.download.engine import FileDownload, Hooks, Verified, link_or_copy
 from comfyfleet.download.integrity import check_content, hash_file
-from comfyfleet.download.plan import DownloadPlan, Fetch, PlannedFile, record_fits
+from comfyfleet.download.plan import DownloadPlan, Fetch, PlannedFile
 from comfyfleet.download.state import VerifiedState
 from comfyfleet.download.transfer import session_timeout
 from comfyfleet.errors import ComfyfleetError, DiskFull, DownloadError, SourceError
@@ -331,14 +331,24 @@ class DownloadRun:
             elif file.refused is not None:
                 self.fail(self.job(file), file.refused)
         for file in self.plan.to_recheck():
-            assert file.dest is not None and file.entry.sha256
-            st = await asyncio.to_thread(_matches, file.dest, file.entry.sha256, file.entry.size)
-            if st is None:
-                continue
-            self.plan.skip(file, file.entry.sha256, st.st_size, "already present, sha256 checked")
-            job = self.job(file)
-            await self.record(Verified(file.dest, st.st_size, file.entry.sha256, 0, st), job)
+            await self.already_here(self.job(file), file.entry.sha256, file.entry.size)
+
+    async def already_here(self, job: FileJob, sha256: str | None, size: int | None) -> bool:
+        """Skip a named file that is on record, or on disk with the right sha256 (re-hashed
+        in a thread, then put on record); True when skipped."""
+        file = job.file
+        if self.plan.skip_recorded(file, sha256):
             self.skipped(job)
+            return True
+        if not sha256 or file.dest is None:
+            return False
+        st = await asyncio.to_thread(_matches, file.dest, sha256, size)
+        if st is None:
+            return False
+        self.plan.skip(file, sha256, st.st_size, "already present, sha256 checked")
+        await self.record(Verified(file.dest, st.st_size, sha256, 0, st), job)
+        self.skipped(job)
+        return True
 
     # --- network ------------------------------------------------------------------------
 
@@ -414,7 +424,7 @@ class DownloadRun:
         last: BaseException | None = None
         for i, url in enumerate(urls):
             if i > 0:
-                self.log.info(f"{job.key}: trying mirror {redact_url(url)}")
+                self.log.info(f"mirror for {job.key}: trying {redact_url(url)}")
             try:
                 if i == 0 and job.remote is not None:
                     remote = job.remote
@@ -444,18 +454,8 @@ class DownloadRun:
         dest = self.plan.claim(file, file.entry.filename or remote.filename)
         sha = file.entry.sha256 or (remote.sha256.lower() if remote.sha256 else None)
         # Now that the name is known, the file may be on record or on disk already.
-        rec = self.state.records.get(os.path.relpath(dest, self.root))
-        if rec is not None and (rec.get("sha256") == sha if sha else record_fits(file.entry, rec)):
-            self.plan.skip(file, str(rec["sha256"]), int(rec["size"]), "verified earlier")
-            self.skipped(job)
+        if await self.already_here(job, sha, file.entry.size or remote.size):
             return None
-        if sha:
-            st = await asyncio.to_thread(_matches, dest, sha, file.entry.size or remote.size)
-            if st is not None:
-                self.plan.skip(file, sha, st.st_size, "already present, sha256 checked")
-                await self.record(Verified(dest, st.st_size, sha, 0, st), job)
-                self.skipped(job)
-                return None
 
         async def reresolve() -> RemoteFile:
             return await self.resolve(job, url)
