@@ -270,8 +270,9 @@ class Manifest(_Strict):
     def _one_entry_per_destination(self) -> Manifest:
         from comfyfleet.download.plan import static_collisions  # the plan owns destinations
 
-        for hit in static_collisions(self.models)[:1]:
-            raise _FieldError(("models", hit.later, hit.field), hit.message())
+        hits = static_collisions(self.models)
+        if hits:
+            raise _FieldError(("models", hits[0].later, hits[0].field), hits[0].message())
         return self
 
     def known_folders(self) -> frozenset[str]:
