@@ -76,13 +76,13 @@ class StaticCollision:
 
 def static_collisions(models: Sequence[ModelEntry]) -> list[StaticCollision]:
     """Every entry the manifest alone sends to an earlier entry's destination."""
-    owners: dict[tuple[str, ...], int] = {}
+    owners: dict[tuple[str, str, str], int] = {}
     found = []
     for i, entry in enumerate(models):
         name = static_name(entry)
-        # Without a name the same URL still means the same file, so the same destination.
-        key = (entry.folder, entry.subfolder, name) if name else (entry.folder, entry.subfolder,
-                                                                  "\0url", entry.url)  # fmt: skip
+        # Without a name the same URL still means the same file, so the same destination
+        # (a NUL never occurs in a plain name, so the two kinds of key cannot meet).
+        key = (entry.folder, entry.subfolder, name or f"\0{entry.url}")
         if key in owners:
             shown = where(entry, name or _url_tail(entry.url))
             found.append(
