@@ -32,7 +32,7 @@ async def test_a_server_chosen_name_cannot_forge_a_marker_in_provision_log(tmp_p
         server.plain["dl/model.safetensors"].content_disposition = f"attachment; {FORGED}"
         manifest = parse_manifest({"models": [{"url": url, "folder": "checkpoints"}]})
         log = RunLog(tmp_path, "provision", sentinels=True)
-        report = await download_all(manifest, tmp_path, log, progress=False)
+        report = await download_all(manifest, tmp_path, log)
         log.finish(report.ok, "" if report.ok else "download failed")
 
     landed = sorted(p.name for p in (tmp_path / "ComfyUI/models/checkpoints").iterdir())

@@ -19,6 +19,7 @@ from comfyfleet.errors import ComfyfleetError
 from comfyfleet.lock import STATE_DIR, LockHolder, RootLock, check_root, stop_holder
 from comfyfleet.manifest import load_manifest
 from comfyfleet.names import escape_controls
+from comfyfleet.progress import event_console
 from comfyfleet.redact import redact_text
 
 MANIFEST = typer.Argument(..., help="The manifest (TOML or YAML).", show_default=False)
@@ -88,7 +89,11 @@ _last_phase: list[str] = [""]
 
 
 def render_event(event: dict[str, Any]) -> None:
-    """Human progress on stderr for the events the download renderer does not show."""
+    """Human progress on stderr for the events the download renderer does not show.
+
+    Writes to the terminal: subscribe it through :func:`comfyfleet.progress.event_console`,
+    which calls it on its own thread, never on the event loop.
+    """
     name = event["event"]
     if name == "phase_started":
         if event["phase"] != _last_phase[0]:
@@ -130,15 +135,13 @@ def provision(
 
     def body() -> int:
         m = load_manifest(manifest)
-        with locked_root(root, "provision", wait=wait_lock, json_out=json_out):
+        with (
+            locked_root(root, "provision", wait=wait_lock, json_out=json_out),
+            event_console(render_event) as console,
+        ):
             report = run_async(
                 lambda: do_provision(
-                    m,
-                    root,
-                    strict=strict or None,
-                    start=not no_start,
-                    progress=None,
-                    on_event=render_event,
+                    m, root, strict=strict or None, start=not no_start, on_event=console.on_event
                 ),
                 resume_hint="downloads and installs done so far are kept — run provision again",
             )
