@@ -45,10 +45,11 @@ from comfyfleet.errors import (
     SignatureExpired,
     SourceError,
     Stalled,
+    Unreachable,
 )
 from comfyfleet.manifest import DownloadSettings, ModelEntry
 from comfyfleet.redact import redact_url
-from comfyfleet.retry import backoff
+from comfyfleet.retry import RetryPolicy
 from comfyfleet.sources.base import RemoteFile
 
 #: never split a range below this (one request per MiB is pure overhead)
@@ -64,6 +65,7 @@ RETRYABLE = (
     RateLimited,
     ServerError,
     SignatureExpired,
+    Unreachable,
     TimeoutError,
     aiohttp.ClientError,
 )
@@ -152,7 +154,9 @@ class FileDownload:
         self._hash_wake = asyncio.Event()
         self._saved_at = 0.0
         self._refresh_lock = asyncio.Lock()
-        self._tx = TransferSettings(settings.stall_timeout, settings.min_speed)
+        self._tx = TransferSettings.from_settings(settings)
+        #: the one retry policy (comfyfleet.retry): data requests are retried here only
+        self.policy = RetryPolicy.for_download(settings)
 
     @property
     def done_bytes(self) -> int:
@@ -197,7 +201,10 @@ class FileDownload:
         )
         # If-Range only when continuing bytes from an earlier run: a changed object then
         # answers 200 and we start over instead of splicing old and new bytes.
-        if_range = self.remote.etag if resumed and self._strong(self.remote.etag) else None
+        # (the validator is the sidecar's: the data server's own, learnt from its first reply)
+        if_range = (
+            self.part.identity.etag if resumed and self._strong(self.part.identity.etag) else None
+        )
         self.hooks.started(self, self.size, seg.done_bytes)
         assert self.part.fd is not None
         hasher = PrefixHasher(self.part.fd)
@@ -266,6 +273,7 @@ class FileDownload:
                     raise
                 # The object changed since the earlier run (If-Range failed): start over.
                 state["if_range"] = None
+                self.part.identity.etag = None  # the old version's: learn the new one
                 seg.reset()
                 self._checkpoint(force=True)
                 self.hooks.retry(self, DownloadError("the file changed on the server since the "
@@ -284,7 +292,7 @@ class FileDownload:
         """Count a failed attempt; raise when the budget is spent; return the wait."""
         self.attempts += 1
         self.failures = 0 if progressed else self.failures + 1
-        if self.failures > self.settings.retries:
+        if self.policy.gives_up(self.failures):
             if isinstance(exc, DownloadError | SourceError):
                 raise exc
             raise DownloadError(
@@ -302,12 +310,10 @@ class FileDownload:
         if isinstance(exc, SignatureExpired):
             await self._refresh()
         retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            delay = min(float(retry_after), 300.0)
-        elif progressed or isinstance(exc, Stalled):
+        if retry_after is None and (progressed or isinstance(exc, Stalled)):
             delay = 0.0  # resume the range at once (another connection may take it)
         else:
-            delay = backoff(self.failures - 1)
+            delay = self.policy.delay(self.failures, retry_after)
         self.hooks.retry(self, exc, self.attempts, delay)
         return delay
 

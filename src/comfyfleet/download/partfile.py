@@ -85,6 +85,13 @@ class PartFile:
             doc = json.loads(self.sidecar.read_text())
             if not self.identity.matches(doc) or not self.path.exists():
                 return []
+            # Resume only bytes provably of the version still served: with a validator (sent
+            # as If-Range) or a sha256 that checks the whole file. Else restart from byte 0:
+            # an old prefix joined to a new rest would pass the size check as "verified".
+            validator = self.identity.etag or doc.get("etag")
+            if not validator and not self.identity.sha256:
+                return []
+            self.identity.etag = validator
             ranges = merge([(int(s), int(e)) for s, e in doc.get("done", [])])
             size = self.identity.size
             if size is not None and self.path.stat().st_size < size:

@@ -29,7 +29,7 @@ from comfyfleet.errors import ComfyfleetError, DiskFull, DownloadError, SourceEr
 from comfyfleet.events import RunLog
 from comfyfleet.manifest import Manifest, ModelEntry
 from comfyfleet.redact import redact_text, redact_url
-from comfyfleet.retry import backoff
+from comfyfleet.retry import RetryPolicy
 from comfyfleet.sources.base import RemoteFile
 
 #: resolutions (HEAD / 1-byte probes) in flight at once
@@ -167,6 +167,7 @@ class _Run(Hooks):
         self.downloaded = 0
         self.jobs: list[_Job] = []
         self._by_dl: dict[int, _Job] = {}
+        self._warned: set[str] = set()
         self.files_sem = asyncio.Semaphore(self.settings.concurrency)
         self.host_sems = {h: asyncio.Semaphore(c) for h, c in self.settings.per_host.items()}
 
@@ -306,22 +307,21 @@ class _Run(Hooks):
         self._status(job, "skipped", bytes=size)
 
     async def resolve(self, job: _Job, url: str) -> RemoteFile:
-        """Resolve ``url`` for ``job`` with backoff on retryable errors."""
-        attempt = 0
-        while True:
-            try:
-                return await sources.resolve(self.session, job.entry, url)
-            except SourceError as exc:
-                attempt += 1
-                if not exc.retryable or attempt > self.settings.retries:
-                    raise
-                delay = exc.retry_after if getattr(exc, "retry_after", None) else None
-                delay = min(float(delay), 300.0) if delay is not None else backoff(attempt)
-                self.log.emit("file_retry", **self._fields(job, attempt=attempt,
-                              delay=round(delay, 3), reason=_describe(exc)))  # fmt: skip
-                self.log.error(job.key, f"resolving, retry in {delay:.1f}s: {_describe(exc)}",
-                               url=redact_url(url), attempt=attempt)  # fmt: skip
-                await asyncio.sleep(delay)
+        """Resolve ``url`` for ``job``; its requests are retried inside, under the one policy."""
+
+        def on_retry(exc: BaseException, attempt: int, delay: float) -> None:
+            self.log.emit("file_retry", **self._fields(job, attempt=attempt,
+                          delay=round(delay, 3), reason=_describe(exc)))  # fmt: skip
+            self.log.error(job.key, f"resolving, retry in {delay:.1f}s: {_describe(exc)}",
+                           url=redact_url(url), attempt=attempt)  # fmt: skip
+
+        policy = RetryPolicy.for_download(self.settings).with_on_retry(on_retry)
+        remote = await sources.resolve(self.session, job.entry, url, policy=policy)
+        for note in remote.warnings:
+            if note not in self._warned:  # one line per host, not one per file
+                self._warned.add(note)
+                self.log.info(f"warning: {note}")
+        return remote
 
     async def prefetch(self, job: _Job, sem: asyncio.Semaphore) -> None:
         """Resolve the primary URL ahead of the queue (sizes for largest-first ordering)."""
