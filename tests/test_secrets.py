@@ -80,7 +80,9 @@ async def test_exceptions_never_contain_a_token(server):
     async with aiohttp.ClientSession() as session:
         for url in urls(server):
             try:
-                remote = await resolve(session, ModelEntry(url=url, folder="loras"), policy=RetryPolicy(retries=0))
+                remote = await resolve(
+                    session, ModelEntry(url=url, folder="loras"), policy=RetryPolicy(retries=0)
+                )
             except errors.SourceError as exc:
                 assert_clean(str(exc))
                 assert_clean(repr(exc))

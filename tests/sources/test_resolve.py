@@ -211,7 +211,9 @@ async def test_connection_refused_is_unreachable(session):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(errors.Unreachable) as exc:
-        await resolve(session, entry(f"http://127.0.0.1:{port}/m.safetensors"), policy=RetryPolicy(retries=1))
+        await resolve(
+            session, entry(f"http://127.0.0.1:{port}/m.safetensors"), policy=RetryPolicy(retries=1)
+        )
     assert exc.value.status == "unreachable"
 
 
