@@ -162,7 +162,7 @@ async def check_entry(
         kind=kind_of(entry.url),
     )
     try:
-        remote = await resolve(session, entry, policy=policy)
+        remote = await resolve(session, entry, policy=policy, notes=result.host_warnings)
     except SourceError as exc:
         result.status = exc.status
         result.message = redact_text(str(exc))
@@ -196,7 +196,6 @@ async def check_entry(
             "the download will fail verification unless the manifest is fixed"
         )
     result.message = "; ".join(parts)
-    result.host_warnings += remote.warnings
     return result
 
 

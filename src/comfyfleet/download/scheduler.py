@@ -316,12 +316,14 @@ class _Run(Hooks):
                            url=redact_url(url), attempt=attempt)  # fmt: skip
 
         policy = RetryPolicy.for_download(self.settings).with_on_retry(on_retry)
-        remote = await sources.resolve(self.session, job.entry, url, policy=policy)
-        for note in remote.warnings:
-            if note not in self._warned:  # one line per host, not one per file
-                self._warned.add(note)
-                self.log.info(f"warning: {note}")
-        return remote
+        notes: list[str] = []
+        try:
+            return await sources.resolve(self.session, job.entry, url, policy=policy, notes=notes)
+        finally:
+            for note in notes:
+                if note not in self._warned:  # one line per host, not one per file
+                    self._warned.add(note)
+                    self.log.info(f"warning: {note}")
 
     async def prefetch(self, job: _Job, sem: asyncio.Semaphore) -> None:
         """Resolve the primary URL ahead of the queue (sizes for largest-first ordering)."""

@@ -37,29 +37,31 @@ async def resolve(
     url: str | None = None,
     *,
     policy: RetryPolicy | None = None,
+    notes: list[str] | None = None,
 ) -> RemoteFile:
     """Find out where ``entry``'s bytes are, their name, size and sha256 — downloading nothing.
 
-        ``url`` defaults to ``entry.url`` (pass a mirror to resolve that instead). Hugging Face:
-        one HEAD, no redirect-follow. Civitai: ``GET Range: bytes=0-0`` on the download URL and
-        its CDN, plus the model-versions API. Plain: HEAD, else a 1-byte ranged GET.
-        ``fetch_url``/``fetch_headers`` are what every ranged GET must use; Authorization is in
-        ``fetch_headers`` only when ``fetch_url`` is on the token's own host. Server errors and
-        connection failures and timeouts are retried under ``policy`` (default:
-    :meth:`RetryPolicy.for_check`), at this one layer, then raised.
+    ``url`` defaults to ``entry.url`` (pass a mirror to resolve that instead). Hugging Face:
+    one HEAD, no redirect-follow. Civitai: ``GET Range: bytes=0-0`` on the download URL and
+    its CDN, plus the model-versions API. Plain: HEAD, else a 1-byte ranged GET.
+    ``fetch_url``/``fetch_headers`` are what every ranged GET must use; Authorization is in
+    ``fetch_headers`` only when ``fetch_url`` is on the token's own host. Server errors,
+    connection failures and timeouts are retried under ``policy`` (default:
+    :meth:`RetryPolicy.for_check`), at this one layer, then raised. ``notes`` collects what a
+    person should know whatever the outcome (a token withheld from a plain-http host), once each.
 
-        Raises the :class:`~comfyfleet.errors.SourceError` subclasses (``NotFound``,
-        ``GatedRepo``, ``GatedNoAccess``, ``TokenRequired``, ``NotAModel``, ``AccessDenied``,
-        ``RateLimited``, ``ServerError``, ``Unreachable``).
+    Raises the :class:`~comfyfleet.errors.SourceError` subclasses (``NotFound``,
+    ``GatedRepo``, ``GatedNoAccess``, ``TokenRequired``, ``NotAModel``, ``AccessDenied``,
+    ``RateLimited``, ``ServerError``, ``Unreachable``).
     """
     url = url or entry.url
     policy = policy or RetryPolicy.for_check()
     kind = kind_of(url)
     if kind == "huggingface":
-        return await resolve_hf(session, entry, url, policy=policy)
+        return await resolve_hf(session, entry, url, policy=policy, notes=notes)
     if kind == "civitai":
-        return await resolve_civitai(session, entry, url, policy=policy)
-    return await resolve_plain(session, entry, url, policy=policy)
+        return await resolve_civitai(session, entry, url, policy=policy, notes=notes)
+    return await resolve_plain(session, entry, url, policy=policy, notes=notes)
 
 
 __all__ = [

@@ -34,5 +34,3 @@ class RemoteFile:
     accept_ranges: bool = True
     #: the name Civitai's API gives when it differs from Content-Disposition's
     api_filename: str | None = None
-    #: things a person should know that do not stop the download (a token withheld, …)
-    warnings: list[str] = field(default_factory=list)

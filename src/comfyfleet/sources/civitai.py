@@ -115,6 +115,7 @@ async def resolve_civitai(
     url: str,
     *,
     policy: RetryPolicy,
+    notes: list[str] | None = None,
 ) -> CivitaiFile:
     """Resolve a Civitai download URL: probe it with a 1-byte ranged GET (redirect not
     followed), then the CDN it points at (without Authorization), then ask the API for sha256."""
@@ -129,7 +130,7 @@ async def resolve_civitai(
     try:
         async with asyncio.TaskGroup() as tg:
             api = tg.create_task(version_info(session, api_url, civitai_file_id(target), policy))
-            probe = tg.create_task(_probe_download(session, entry, url, target, vid, policy))
+            probe = tg.create_task(_probe_download(session, entry, url, target, vid, policy, notes))
     except BaseExceptionGroup as group:
         raise _leaf(group) from None
     remote, info = probe.result(), api.result()
@@ -160,11 +161,11 @@ async def _probe_download(
     target: str,
     vid: int,
     policy: RetryPolicy,
+    notes: list[str] | None,
 ) -> CivitaiFile:
     """The download URL's redirect and the CDN's answer to a 1-byte probe."""
-    warnings: list[str] = []
     headers = {
-        **auth_headers(target, warnings),
+        **auth_headers(target, notes),
         "Range": RANGE_PROBE,
         "Accept-Encoding": "identity",
     }
@@ -234,5 +235,4 @@ async def _probe_download(
         accept_ranges=data.status == 206,
         served_filename=served_name,
         version_id=vid,
-        warnings=warnings,
     )

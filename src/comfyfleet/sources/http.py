@@ -225,12 +225,12 @@ async def resolve_plain(
     url: str,
     *,
     policy: RetryPolicy,
+    notes: list[str] | None = None,
 ) -> RemoteFile:
     """Resolve a plain HTTP(S) URL: HEAD (following redirects), or a 1-byte ranged GET when
     HEAD is refused; the final URL is where the bytes are fetched from."""
     target = effective_url(url)
-    warnings: list[str] = []
-    headers = {**auth_headers(target, warnings), "Accept-Encoding": "identity"}
+    headers = {**auth_headers(target, notes), "Accept-Encoding": "identity"}
     token_sent = "Authorization" in headers
     reply, sent = await follow(session, "HEAD", target, headers, policy=policy)
     if reply.status >= 400 and reply.status not in (404, 410):
@@ -269,7 +269,6 @@ async def resolve_plain(
         fetch_headers=without_probe_headers(sent),
         etag=strong_validator(reply.headers),
         accept_ranges=accept_ranges,
-        warnings=warnings,
     )
 
 

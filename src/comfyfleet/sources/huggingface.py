@@ -51,14 +51,14 @@ async def resolve_hf(
     url: str,
     *,
     policy: RetryPolicy,
+    notes: list[str] | None = None,
 ) -> RemoteFile:
     """Resolve an HF ``/resolve/`` URL with one HEAD; the CDN ``Location`` becomes ``fetch_url``."""
     target = effective_url(url)
     loc = parse_hf_url(target)
     if loc is None:  # kind_of said HF, so this cannot happen; keep the error honest anyway
         raise NotFound(f"not a Hugging Face resolve URL: {redact_url(url)}")
-    warnings: list[str] = []
-    headers = {**auth_headers(target, warnings), "Accept-Encoding": "identity"}
+    headers = {**auth_headers(target, notes), "Accept-Encoding": "identity"}
     token_sent = "Authorization" in headers
     current = target
     for _ in range(_MAX_RELATIVE_REDIRECTS + 1):
@@ -103,7 +103,6 @@ async def resolve_hf(
         # takes the validator from the CDN's first reply (and sends it as If-Range on resume).
         etag=validator,
         accept_ranges=reply.headers.get("Accept-Ranges", "bytes") == "bytes",
-        warnings=warnings,
     )
 
 

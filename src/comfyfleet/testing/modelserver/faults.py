@@ -26,6 +26,8 @@ class Faults:
     reset_times: int = 1
     #: answer the first requests with these statuses: ``[(503, "2"), (429, None)]``
     statuses: list[tuple[int, str | None]] = field(default_factory=list)
+    #: the methods ``statuses`` answer (``("GET",)``: a HEAD probe passes, the download fails)
+    status_methods: tuple[str, ...] = ("GET", "HEAD")
     #: after this many body bytes, send nothing for ``stall_seconds`` (first ``stall_times``)
     stall_after: int | None = None
     stall_seconds: float = 30.0
@@ -51,6 +53,8 @@ class Faults:
     content_coding: str | None = None
     #: send no validator (no ETag, no Last-Modified): a resume cannot tell versions apart
     no_validator: bool = False
+    #: answer a ranged GET with 206 even when its If-Range no longer matches (a lying server)
+    ignore_if_range: bool = False
     #: answer nothing at all (headers included) to the first ``silent_times`` requests
     silent_times: int = 0
 
@@ -85,7 +89,7 @@ async def serve(request: web.Request, stored: StoredFile, sha256: str) -> web.St
         return web.Response(status=405)
     if request.method not in {"GET", "HEAD"}:
         return web.Response(status=405)
-    if f.statuses:
+    if f.statuses and request.method in f.status_methods:
         status, retry_after = f.statuses.pop(0)
         headers = {"Retry-After": retry_after} if retry_after else {}
         return web.Response(status=status, text=f"error {status}", headers=headers)
@@ -103,7 +107,9 @@ async def serve(request: web.Request, stored: StoredFile, sha256: str) -> web.St
     status = 200
     rng = request.headers.get("Range")
     if_range = request.headers.get("If-Range")
-    validator_ok = if_range is None or (not f.no_validator and if_range == etag)
+    validator_ok = (
+        if_range is None or f.ignore_if_range or (not f.no_validator and if_range == etag)
+    )
     if rng and not f.ignore_range and validator_ok:
         try:
             start, end = _parse_range(rng, size)
