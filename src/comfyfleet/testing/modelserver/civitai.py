@@ -7,6 +7,7 @@ answers 401. ``GET /api/v1/model-versions/{id}`` with uppercase ``SHA256``.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,9 @@ class CivitaiSite:
 
     civitai: dict[int, CivitaiVersion]
     cdn: dict[str, StoredFile]
+    #: the model-versions API: seconds before it answers, and a status it answers instead
+    civitai_api_latency: float = 0.0
+    civitai_api_status: int | None = None
     base_url: str
     cdn_url: str
 
@@ -107,6 +111,10 @@ class CivitaiSite:
         )
 
     async def _civitai_version(self, request: web.Request) -> web.Response:
+        if self.civitai_api_latency:
+            await asyncio.sleep(self.civitai_api_latency)
+        if self.civitai_api_status is not None:
+            return web.json_response({"error": "API failure"}, status=self.civitai_api_status)
         vid = int(request.match_info["vid"]) if request.match_info["vid"].isdigit() else -1
         version = self.civitai.get(vid)
         if version is None:
