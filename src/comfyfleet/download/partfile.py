@@ -91,11 +91,12 @@ class PartFile:
             validator = self.identity.etag or doc.get("etag")
             if not validator and not self.identity.sha256:
                 return []
-            self.identity.etag = validator
             ranges = merge([(int(s), int(e)) for s, e in doc.get("done", [])])
             size = self.identity.size
             if size is not None and self.path.stat().st_size < size:
                 return []
+            if ranges:
+                self.identity.etag = validator  # the validator of the bytes we keep
             return ranges
         except (OSError, ValueError, TypeError):
             return []
