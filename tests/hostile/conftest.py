@@ -43,7 +43,7 @@ def manifest_toml(path: Path, models: list[dict[str, Any]], **download: Any) -> 
 async def run(m: Manifest, root: Path) -> DownloadReport:
     log = RunLog(root, "download")
     try:
-        return await download_all(m, root, log, progress=False)
+        return await download_all(m, root, log)
     finally:
         log.close()
 
