@@ -12,7 +12,7 @@ from comfyfleet.cli import _register, app
 from comfyfleet.sources import auth_headers, effective_url
 from comfyfleet.testing.modelserver import ModelServer, make_safetensors
 
-from .conftest import lan_address, manifest, manifest_toml, run, state_files
+from .conftest import NOT_LOOPBACK_BY_NAME, manifest, manifest_toml, run, state_files
 
 _register()
 HF = "hf_PlainHttpMustNotSee0123"
@@ -21,8 +21,8 @@ CIV = "civitai-plain-http-secret-77"
 
 @pytest.fixture
 def lan_server(point_sources_at, monkeypatch):
-    """The model server on this machine's LAN address, as the HF/Civitai endpoints, tokens set."""
-    srv = ModelServer(host=lan_address())
+    """The model server as a "LAN mirror" (a non-loopback host name), the HF/Civitai endpoints."""
+    srv = ModelServer(url_host=NOT_LOOPBACK_BY_NAME)
     srv.start_in_thread()
     point_sources_at(srv)
     monkeypatch.setenv("HF_TOKEN", HF)
@@ -69,7 +69,7 @@ def test_a_lan_mirror_over_http_gets_no_token_and_one_warning(lan_server, tmp_pa
     assert [e["status"] for e in doc["entries"]] == ["gated_no_token"] * 3 + [
         "civitai_token_required"
     ]
-    host = lan_server.host
+    host = lan_server.url_host
     notes = [w for w in doc["warnings"] if "not sent to" in w]
     assert notes == [
         f"HF_TOKEN not sent to {host}: the URL is plain http:// (a token goes only over https, "
@@ -89,7 +89,7 @@ async def test_a_download_from_a_lan_mirror_warns_once_per_host(lan_server, tmp_
     report = await run(manifest([{"url": u, "folder": "loras"} for u in urls]), tmp_path)
     assert report.ok  # public files still download: only the token is withheld
     log = state_files(tmp_path)["provision.log"]
-    assert log.count(f"HF_TOKEN not sent to {lan_server.host}") == 1
+    assert log.count(f"HF_TOKEN not sent to {lan_server.url_host}") == 1
     assert all("Authorization" not in r.headers for r in lan_server.requests)
 
 

@@ -20,8 +20,13 @@ from comfyfleet.testing.modelserver.plain import PlainHost
 class ModelServer(HFHub, CivitaiSite, CDN, PlainHost):
     """The fake hub/CDN/plain host on 127.0.0.1 (async context manager or background thread)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, url_host: str | None = None
+    ) -> None:
         self.host = host
+        #: the host its URLs name (default: where it listens), e.g. an alias a client must not
+        #: take for loopback although the traffic never leaves the machine
+        self.url_host = url_host or host
         self.port = port
         #: a second port for the CDN, so a redirect to it changes origin as a real CDN's does
         self.cdn_port = 0
@@ -46,12 +51,12 @@ class ModelServer(HFHub, CivitaiSite, CDN, PlainHost):
         """``http://127.0.0.1:<port>``: the hub, the Civitai API and plain files."""
         if not self.port:
             raise RuntimeError("start the model server before adding files or asking its URL")
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.url_host}:{self.port}"
 
     @property
     def cdn_url(self) -> str:
         """``http://127.0.0.1:<cdn_port>``: where signed redirects point (another origin)."""
-        return f"http://{self.host}:{self.cdn_port}"
+        return f"http://{self.url_host}:{self.cdn_port}"
 
     def endpoint_env(self) -> dict[str, str]:
         """Environment that points Hugging Face and Civitai URLs at this server."""
