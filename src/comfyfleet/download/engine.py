@@ -38,13 +38,14 @@ from comfyfleet.download.transfer import (
     fetch_whole,
 )
 from comfyfleet.errors import (
-    DiskFull,
     DownloadError,
     RateLimited,
     ServerError,
     SignatureExpired,
     SourceError,
     Stalled,
+    disk_full,
+    first_error,
 )
 from comfyfleet.manifest import DownloadSettings, ModelEntry
 from comfyfleet.redact import redact_url
@@ -94,24 +95,6 @@ class Hooks:
     def started(self, dl: FileDownload, total: int | None, resumed: int) -> None: ...
     def progress(self, dl: FileDownload, n: int) -> None: ...
     def retry(self, dl: FileDownload, exc: BaseException, attempt: int, delay: float) -> None: ...
-
-
-def first_error(group: BaseExceptionGroup) -> BaseException:
-    """The most meaningful exception of a TaskGroup failure."""
-    leaves: list[BaseException] = []
-
-    def walk(g: BaseExceptionGroup) -> None:
-        for e in g.exceptions:
-            if isinstance(e, BaseExceptionGroup):
-                walk(e)
-            else:
-                leaves.append(e)
-
-    walk(group)
-    for e in leaves:
-        if not isinstance(e, asyncio.CancelledError):
-            return e
-    return leaves[0]
 
 
 class FileDownload:
@@ -363,8 +346,9 @@ class FileDownload:
         try:
             self.part.finalize()
         except OSError as exc:
-            if exc.errno == 28:
-                raise DiskFull(f"no space left to finish {self.dest}") from None
+            full = disk_full(exc, self.dest.parent)
+            if full is not None:
+                raise full from None
             raise DownloadError(f"cannot move {self.part.path} into place: {exc}") from None
 
 
