@@ -8,8 +8,10 @@ Messages never contain secrets: callers pass URLs through :func:`comfyfleet.reda
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -268,6 +270,18 @@ def disk_full(exc: BaseException, where: Path) -> DiskFull | None:
         hint="free disk space or use a larger disk, then run again "
         "(verified files and completed ranges are kept)",
     )
+
+
+@contextlib.contextmanager
+def disk_errors(where: Path) -> Iterator[None]:
+    """Inside this block, an ENOSPC/EDQUOT OSError from writing under ``where`` is a DiskFull."""
+    try:
+        yield
+    except OSError as exc:
+        full = disk_full(exc, where)
+        if full is None:
+            raise
+        raise full from None
 
 
 def known_error(exc: BaseException, where: Path | None = None) -> ComfyfleetError | None:

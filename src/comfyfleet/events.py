@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from comfyfleet.errors import DiskFull, disk_errors
 from comfyfleet.redact import redact_text
 from comfyfleet.reserve import SpaceReserve
 
@@ -77,6 +78,31 @@ def write_atomic(path: Path, data: str | bytes, *, fsync: bool = True) -> None:
         raise
 
 
+#: what a state write may raise when the disk is full or a state file cannot be written
+_WRITE_ERRORS = (OSError, DiskFull)
+
+
+class _AppendFile:
+    """A line-buffered append-only text file; a full disk raises :class:`DiskFull`."""
+
+    def __init__(self, path: Path, root: Path) -> None:
+        self._fh = open(path, "a", buffering=1, encoding="utf-8")
+        self._root = root
+
+    def write(self, text: str) -> None:
+        with disk_errors(self._root):
+            self._fh.write(text)
+
+    def flush(self) -> None:
+        with disk_errors(self._root):
+            self._fh.flush()
+
+    def close(self) -> None:
+        """Close; lines a full disk refused are dropped (the fd is closed either way)."""
+        with contextlib.suppress(OSError):
+            self._fh.close()
+
+
 @dataclass
 class RunStatus:
     """What ``status.json`` holds (rewritten atomically, at most a few times a second)."""
@@ -115,9 +141,9 @@ class RunLog:
                     (self.root / name).unlink()
             (self.root / SENTINEL_RUNNING).write_text(f"{self.run_id}\n")
         # Line-buffered appends to regular files: a slow reader can never block us.
-        self._events = open(self.dir / "events.jsonl", "a", buffering=1, encoding="utf-8")
-        self._log = open(log, "a", buffering=1, encoding="utf-8")
-        self._errors = open(self.dir / "errors.log", "a", buffering=1, encoding="utf-8")
+        self._events = _AppendFile(self.dir / "events.jsonl", self.root)
+        self._log = _AppendFile(log, self.root)
+        self._errors = _AppendFile(self.dir / "errors.log", self.root)
 
     # --- subscription ------------------------------------------------------------------
 
@@ -170,7 +196,8 @@ class RunLog:
             return
         self._status_written = now
         doc = _clean(self.status.__dict__)
-        write_atomic(self.dir / "status.json", json.dumps(doc, indent=1) + "\n", fsync=False)
+        with disk_errors(self.root):
+            write_atomic(self.dir / "status.json", json.dumps(doc, indent=1) + "\n", fsync=False)
 
     @property
     def elapsed(self) -> float:
@@ -189,9 +216,9 @@ class RunLog:
         reason = redact_text(reason)
         self.status.ok = ok
         self.status.phase = "done" if ok else "failed"
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(*_WRITE_ERRORS):
             self.write_status(force=True)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(*_WRITE_ERRORS):
             if ok:
                 self.emit("run_completed", seconds=round(self.elapsed, 3))
             else:
@@ -199,7 +226,7 @@ class RunLog:
         if self.sentinels:
             # The marker is a line of its own, without timestamp, so followers match it exactly.
             summary = MARKER_COMPLETE if ok else f"{MARKER_FAILED}: {reason}"
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(*_WRITE_ERRORS):
                 self._log.write(summary.replace("\n", " ") + "\n")
                 self._log.flush()
             name = SENTINEL_COMPLETE if ok else SENTINEL_FAILED
@@ -215,8 +242,7 @@ class RunLog:
             return
         self._closed = True
         for fh in (self._events, self._log, self._errors):
-            with contextlib.suppress(OSError):
-                fh.close()
+            fh.close()
 
     def __enter__(self) -> RunLog:
         return self

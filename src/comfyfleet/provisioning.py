@@ -235,7 +235,7 @@ def _record_failure(exc: Exception, root: Path, log: RunLog, report: ProvisionRe
         report.traceback_file = save_traceback(exc, root / STATE_DIR)
         detail, context = report.reason, {"traceback": report.traceback_file}
     # With a full disk these lines may not fit; the verdict (finish) comes first.
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, DiskFull):
         log.error("provision", detail, **context)
 
 
