@@ -162,3 +162,37 @@ def test_every_failure_ends_with_one_verdict(
         assert str(traceback_file) in done.stderr
     else:
         assert "traceback_file" not in doc
+
+
+def test_an_interrupted_provision_prints_one_interrupted_document(
+    world: DemoWorld, root: Path, server: ModelServer
+):
+    import signal
+    import time
+
+    from comfyfleet.testing.modelserver import make_safetensors
+
+    slow = server.add_file("slow.safetensors", make_safetensors(4 << 20), rate=256 * 1024)
+    world.manifest["models"] = [{"url": slow, "folder": "checkpoints"}]
+    world.manifest["workflows"] = []
+    write_manifest(world.manifest_path, world.manifest)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from comfyfleet.cli import main; main()",
+         "provision", str(world.manifest_path), "--root", str(root), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    part = root / "ComfyUI/models/checkpoints/slow.safetensors.part"
+    deadline = time.monotonic() + 60
+    while not part.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert part.exists(), "the download never started"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, err
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["interrupted"] is True
+    assert {"files", "bytes", "seconds", "nodes", "comfyui"} <= set(doc)
+    lines = (root / ".comfyfleet" / "provision.log").read_text().splitlines()
+    markers = [ln for ln in lines if ln.startswith((MARKER_COMPLETE, MARKER_FAILED))]
+    assert markers == [lines[-1]] and lines[-1].startswith(f"{MARKER_FAILED}: interrupted")

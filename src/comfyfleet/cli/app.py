@@ -157,7 +157,7 @@ def run(
             path = save_traceback(exc, state)
             line = _human(internal_error(exc))
             where = f"the traceback is in {path}" if path else "no traceback file could be written"
-            print(f"error: {line} — a bug in comfyfleet; {where}", file=sys.stderr)
+            print(f"error: {line} — {where}", file=sys.stderr)
             code, extra = 1, {"error": line}
             if path is not None:
                 extra["traceback_file"] = str(path)

@@ -95,7 +95,7 @@ def provision(
             _err(f"error: {report.reason}")
             _err(f"see {root / '.comfyfleet' / 'provision.log'} and errors.log")
             if report.traceback_file is not None:
-                _err(f"a bug in comfyfleet: the traceback is in {report.traceback_file}")
+                _err(f"the traceback is in {report.traceback_file}")
             return 1
         if report.comfyui is not None:
             _err(
