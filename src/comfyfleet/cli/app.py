@@ -126,8 +126,17 @@ def run(
     own. ``root``: where the run keeps its state (traceback files go to
     ``ROOT/.comfyfleet/``; without a root, to the system temp dir).
     """
+    _json_printed[0] = False
     # Outside run_async too (manifest loading, printing), SIGTERM means "stop cleanly": 130.
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        code = _outcome(body, json_doc, root)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    raise typer.Exit(code)
+
+
+def _outcome(body: Callable[[], int], json_doc: JsonDoc | None, root: Path | None) -> int:
     extra: dict[str, Any] | None = None
     try:
         code = body()
@@ -164,4 +173,4 @@ def run(
     if extra is not None and json_doc is not None:
         base = json_doc(extra) if callable(json_doc) else json_doc
         emit_json({**base, "ok": False, **extra})
-    raise typer.Exit(code)
+    return code
