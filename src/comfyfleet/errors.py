@@ -263,10 +263,10 @@ def disk_full(exc: BaseException, where: Path) -> DiskFull | None:
     from comfyfleet.units import format_size
 
     free = _free_bytes(Path(where))
-    amount = format_size(free) if free is not None else "nothing"
+    amount = f"{format_size(free)} free" if free is not None else "no space left"
     why = os.strerror(exc.errno).lower()  # "no space left on device", "disk quota exceeded"
     return DiskFull(
-        f"{DISK_FULL_PREFIX} {amount} free under {where} ({why})",
+        f"{DISK_FULL_PREFIX} {amount} under {where} ({why})",
         hint="free disk space or use a larger disk, then run again "
         "(verified files and completed ranges are kept)",
     )
@@ -292,9 +292,7 @@ def known_error(exc: BaseException, where: Path | None = None) -> ComfyfleetErro
     leaf = first_error(exc)
     if isinstance(leaf, ComfyfleetError):
         return leaf
-    if where is not None:
-        return disk_full(leaf, where)
-    return disk_full(leaf, Path.cwd()) if is_disk_full(leaf) else None
+    return disk_full(leaf, Path(where if where is not None else "."))
 
 
 def internal_error(exc: BaseException) -> str:
