@@ -40,9 +40,7 @@ def test_help_imports_no_heavy_library():
 
 
 @pytest.mark.parametrize("command", ["status", "stop"])
-def test_status_and_stop_import_neither_aiohttp_nor_asyncssh_nor_rich(
-    command: str, tmp_path: Path
-):
+def test_status_and_stop_import_neither_aiohttp_nor_asyncssh_nor_rich(command: str, tmp_path: Path):
     imported, done = _imported(command, "--root", str(tmp_path), "--json")
     assert '"running": false' in done.stdout or '"stopped": false' in done.stdout
     # typer >= 0.20 converts option values with pydantic itself; everything else stays out
