@@ -153,6 +153,10 @@ class Stalled(DownloadError):
     """A connection stayed below ``min_speed`` for ``stall_timeout`` (retried elsewhere)."""
 
 
+class DestinationTaken(DownloadError):
+    """Two manifest entries resolved to one path; the later one is not downloaded."""
+
+
 class DiskFull(DownloadError):
     """No space (or no quota) left on the device that holds a model folder or the run's state."""
 

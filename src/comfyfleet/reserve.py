@@ -8,7 +8,6 @@ file with real blocks from its start and deletes it just before writing those la
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from pathlib import Path
 
@@ -30,14 +29,10 @@ class SpaceReserve:
                 return True
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
-                try:
-                    os.posix_fallocate(fd, 0, self.size)
-                except OSError as exc:
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                        raise
-                    # no fallocate on this filesystem: real zeros take the blocks just as well
-                    os.pwrite(fd, bytes(self.size), 0)
-                    os.fsync(fd)
+                # Real bytes, not fallocate: every filesystem counts written pages as used
+                # (tmpfs at once, ext4's delayed allocation by reservation), and 256 KiB into
+                # the page cache costs the caller — often the event loop — nothing to speak of.
+                os.pwrite(fd, bytes(self.size), 0)
             finally:
                 os.close(fd)
             return True

@@ -10,6 +10,7 @@ import typer
 
 from comfyfleet.cli.app import app, emit_json, run, run_async
 from comfyfleet.errors import Interrupted
+from comfyfleet.progress import event_console
 from comfyfleet.units import format_size
 
 if TYPE_CHECKING:
@@ -51,11 +52,13 @@ def download(
         log = RunLog(root, "download")
         try:
             m = load_manifest(manifest)
-            report = run_async(
-                lambda: download_all(m, root, log, progress=None),
-                resume_hint="partial downloads are kept as .part files — "
-                "run the same command again to resume",
-            )
+            with event_console() as console:
+                log.subscribe(console.on_event)
+                report = run_async(
+                    lambda: download_all(m, root, log),
+                    resume_hint="partial downloads are kept as .part files — "
+                    "run the same command again to resume",
+                )
         except Interrupted as exc:
             log.finish(False, "interrupted")
             if json_out:
