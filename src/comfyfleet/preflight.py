@@ -92,7 +92,7 @@ class DiskResult:
 
 
 @dataclass
-class NodeResult:
+class NodePin:
     """A ``[[nodes]]`` entry: pinned or not."""
 
     repo: str
@@ -107,7 +107,7 @@ class CheckReport:
 
     entries: list[EntryResult]
     disk: DiskResult
-    nodes: list[NodeResult] = field(default_factory=list)
+    nodes: list[NodePin] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -228,15 +228,15 @@ def check_disk(manifest: Manifest, root: Path, entries: list[EntryResult]) -> Di
     return DiskResult(str(where), free, needed, headroom, unknown)
 
 
-def check_nodes(manifest: Manifest) -> list[NodeResult]:
+def check_nodes(manifest: Manifest) -> list[NodePin]:
     """Pinned or not, per node (an unpinned node installs whatever its branch is today)."""
     out = []
     for node in manifest.nodes:
         if node.ref:
-            out.append(NodeResult(redact_url(node.repo), node.ref, "pinned"))
+            out.append(NodePin(redact_url(node.repo), node.ref, "pinned"))
         else:
             out.append(
-                NodeResult(
+                NodePin(
                     redact_url(node.repo),
                     None,
                     "unpinned",

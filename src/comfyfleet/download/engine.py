@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import math
 import os
@@ -29,7 +28,7 @@ from comfyfleet.download.integrity import (
     check_sha256,
     check_size,
 )
-from comfyfleet.download.partfile import Identity, PartFile, disk_error
+from comfyfleet.download.partfile import Identity, PartFile
 from comfyfleet.download.segments import Segments
 from comfyfleet.download.transfer import (
     Dropped,
@@ -47,6 +46,8 @@ from comfyfleet.errors import (
     SourceError,
     Stalled,
     Unreachable,
+    disk_full,
+    first_error,
 )
 from comfyfleet.manifest import DownloadSettings, ModelEntry
 from comfyfleet.redact import redact_url
@@ -97,24 +98,6 @@ class Hooks:
     def started(self, dl: FileDownload, total: int | None, resumed: int) -> None: ...
     def progress(self, dl: FileDownload, n: int) -> None: ...
     def retry(self, dl: FileDownload, exc: BaseException, attempt: int, delay: float) -> None: ...
-
-
-def first_error(group: BaseExceptionGroup) -> BaseException:
-    """The most meaningful exception of a TaskGroup failure."""
-    leaves: list[BaseException] = []
-
-    def walk(g: BaseExceptionGroup) -> None:
-        for e in g.exceptions:
-            if isinstance(e, BaseExceptionGroup):
-                walk(e)
-            else:
-                leaves.append(e)
-
-    walk(group)
-    for e in leaves:
-        if not isinstance(e, asyncio.CancelledError):
-            return e
-    return leaves[0]
 
 
 class FileDownload:
@@ -373,8 +356,9 @@ class FileDownload:
         try:
             return self.part.finalize()
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise disk_error(exc, self.dest) from None
+            full = disk_full(exc, self.dest.parent)
+            if full is not None:
+                raise full from None
             raise DownloadError(f"cannot move {self.part.path} into place: {exc}") from None
 
 

@@ -9,7 +9,6 @@ describes were handed to the kernel with ``pwrite``, so a crash never claims unw
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from comfyfleet.download.segments import Range, merge
-from comfyfleet.errors import DiskFull, DownloadError
+from comfyfleet.errors import DownloadError, disk_full
 from comfyfleet.events import write_atomic
 
 PART_SUFFIX = ".part"
@@ -39,12 +38,9 @@ def sidecar_path(final: Path) -> Path:
 
 def disk_error(exc: OSError, path: Path) -> DownloadError:
     """Map an OSError from writing ``path`` to the error a person can act on."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(
-            f"no space left on the device holding {path.parent}",
-            hint="free disk space or give the instance a larger disk, then run again "
-            "(completed ranges are kept and resume)",
-        )
+    full = disk_full(exc, path.parent)  # ENOSPC and EDQUOT, mapped in one place
+    if full is not None:
+        return full
     return DownloadError(f"cannot write {path}: {exc.strerror or exc}")
 
 

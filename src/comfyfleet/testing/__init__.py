@@ -1,6 +1,18 @@
-"""The local world of the demo and of the tests: a model server, git repos, a stand-in ComfyUI.
+"""The offline world comfyfleet runs against: ``comfyfleet demo``'s as much as the tests'.
 
-``comfyfleet demo``, the benchmarks and users' own tests use it as much as the test suite:
+Nothing here is a mock of comfyfleet itself. It is the outside world, run locally and
+faithful to the real one's documented behaviour:
+
+- a model server on loopback that speaks Hugging Face's, Civitai's and a plain host's HTTP,
+  with fault injection (statuses, stalls, rate limits, lying headers) for the tests;
+- a stand-in ComfyUI (``standin/``: ComfyUI's startup and the API the provisioner checks,
+  standard library only) and builders of local git repos for it and for custom nodes
+  (``repos.py``), plus offline wheels so pip never goes online;
+- the demo world (``demo_fixture.py``) that ties them together with a manifest and a
+  workflow: ``comfyfleet demo``, the benchmarks and the test suite all build it the same way.
+
+It ships in the package on purpose: the README's "run it" command needs it on a machine
+without network, tokens or a GPU, and users' own scripts may use it to test their manifests:
 ``from comfyfleet.testing import ModelServer, build_demo, make_comfyui_repo, make_node_repo``.
 Names load on first use (PEP 562), so importing the package pulls in nothing heavy.
 """
