@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from comfyfleet.cli.app import app, emit_json, run, run_async
 from comfyfleet.cli.provision import WAIT_LOCK, locked_root
-from comfyfleet.download import DownloadReport, download_all
 from comfyfleet.errors import Interrupted
-from comfyfleet.events import RunLog
-from comfyfleet.manifest import load_manifest
 from comfyfleet.progress import event_console
 from comfyfleet.units import format_size
+
+if TYPE_CHECKING:
+    from comfyfleet.download import DownloadReport
 
 
 def summary(report: DownloadReport) -> str:
@@ -43,32 +44,35 @@ def download(
     """Download every model of MANIFEST into ROOT, verified (exit 1 if a required one failed)."""
 
     def body() -> int:
+        # imported here, not at the top: `comfyfleet --help` must not pay for aiohttp
+        from comfyfleet.download import download_all
+        from comfyfleet.events import RunLog
+        from comfyfleet.manifest import load_manifest
+
         load_manifest(manifest)  # a bad manifest exits 2 before anything is created
-        with locked_root(root, "download", wait=wait_lock, json_out=json_out):
-            return locked_body()
-
-    def locked_body() -> int:
-        log = RunLog(root, "download")
-        try:
-            m = load_manifest(manifest)
-            with event_console() as console:
-                log.subscribe(console.on_event)
-                report = run_async(
-                    lambda: download_all(m, root, log),
-                    resume_hint="partial downloads are kept as .part files — "
-                    "run the same command again to resume",
-                )
-        except Interrupted as exc:
-            log.finish(False, "interrupted")
+        with locked_root(root, "download", wait=wait_lock):  # before anything under ROOT
+            log = RunLog(root, "download")
+            try:
+                m = load_manifest(manifest)
+                with event_console() as console:
+                    log.subscribe(console.on_event)
+                    report = run_async(
+                        lambda: download_all(m, root, log),
+                        resume_hint="partial downloads are kept as .part files — "
+                        "run the same command again to resume",
+                    )
+            except Interrupted as exc:
+                log.finish(False, "interrupted")
+                if json_out:
+                    emit_json({"ok": False, "interrupted": True, "files": [], "bytes": 0,
+                               "seconds": round(log.elapsed, 3)})  # fmt: skip
+                raise exc
+            failed = [f for f in report.files if f.status == "failed" and f.required]
+            log.finish(report.ok, "" if report.ok else f"{len(failed)} required file(s) failed")
+            print(summary(report), file=sys.stderr if json_out else sys.stdout)
             if json_out:
-                emit_json({"ok": False, "interrupted": True, "files": [], "bytes": 0,
-                           "seconds": round(log.elapsed, 3)})  # fmt: skip
-            raise exc
-        failed = [f for f in report.files if f.status == "failed" and f.required]
-        log.finish(report.ok, "" if report.ok else f"{len(failed)} required file(s) failed")
-        print(summary(report), file=sys.stderr if json_out else sys.stdout)
-        if json_out:
-            emit_json(report.to_json())
-        return 0 if report.ok else 1
+                emit_json(report.to_json())
+            return 0 if report.ok else 1
 
-    run(body)
+    doc = {"files": [], "bytes": 0, "seconds": None}
+    run(body, json_doc=doc if json_out else None, root=root)

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from comfyfleet import runtime
 from comfyfleet.cli.app import app, emit_json, run, run_async
-from comfyfleet.errors import ComfyfleetError
-from comfyfleet.lock import STATE_DIR, LockHolder, RootLock, check_root, stop_holder
-from comfyfleet.manifest import load_manifest
 from comfyfleet.names import escape_controls
 from comfyfleet.progress import event_console
 from comfyfleet.redact import redact_text
+
+if TYPE_CHECKING:
+    from comfyfleet.lock import LockHolder, RootLock
+
+# The library is imported inside each command: `--help`, `status` and `stop` start fast.
 
 MANIFEST = typer.Argument(..., help="The manifest (TOML or YAML).", show_default=False)
 ROOT = typer.Option(..., "--root", help="The directory to provision (ComfyUI, models, state).")
@@ -40,49 +38,20 @@ def _err(line: str) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """While blocked in flock, SIGTERM ends the command like Ctrl-C (exit 130), not with 143."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def locked_root(root: Path, command: str, *, wait: bool, json_out: bool) -> Iterator[RootLock]:
+def locked_root(root: Path, command: str, *, wait: bool) -> Iterator[RootLock]:
     """Hold ROOT's lock for a command, taken before anything under ROOT is touched.
 
-    Refused (another run holds it): exit 1, with one JSON document under ``--json``.
+    Refused (another run holds it): :class:`~comfyfleet.errors.RootLocked`, exit 1. While
+    waiting (``wait``), SIGTERM and Ctrl-C end the command with 130, nothing touched.
     """
+    from comfyfleet.lock import hold_root
 
     def waiting(who: LockHolder | None) -> None:
         pid = f"pid {who.pid}, {who.command}" if who else "pid unknown"
         _err(f"waiting for another comfyfleet run ({pid}) to release {root}")
 
-    lock = RootLock(root, command)
-    try:
-        with _sigterm_interrupts():
-            lock.acquire(wait=wait, on_wait=waiting)
-    except ComfyfleetError as exc:
-        if json_out:
-            emit_json({"ok": False, "error": str(exc)})
-        raise
-    except KeyboardInterrupt:
-        if json_out:
-            emit_json({"ok": False, "interrupted": True})
-        raise
-    try:
+    with hold_root(root, command, wait=wait, on_wait=waiting) as lock:
         yield lock
-    finally:
-        lock.release()
 
 
 _last_phase: list[str] = [""]
@@ -119,6 +88,16 @@ def render_event(event: dict[str, Any]) -> None:
         _err(f"PROVISIONING COMPLETE in {event.get('seconds', 0):.1f}s")
 
 
+#: what a provision --json document holds when the run ended before its report
+_RUN_DOC: dict[str, Any] = {
+    "files": [],
+    "bytes": 0,
+    "seconds": None,
+    "nodes": [],
+    "comfyui": {"pid": None, "port": None, "ready": False},
+}
+
+
 @app.command()
 def provision(
     manifest: Path = MANIFEST,
@@ -131,12 +110,14 @@ def provision(
     json_out: bool = JSON,
 ) -> None:
     """Install ComfyUI, custom nodes, models and workflows; verify; start ComfyUI until ready."""
-    from comfyfleet.provisioning import provision as do_provision
 
     def body() -> int:
+        from comfyfleet.manifest import load_manifest
+        from comfyfleet.provisioning import provision as do_provision
+
         m = load_manifest(manifest)
         with (
-            locked_root(root, "provision", wait=wait_lock, json_out=json_out),
+            locked_root(root, "provision", wait=wait_lock),
             event_console(render_event) as console,
         ):
             report = run_async(
@@ -150,6 +131,8 @@ def provision(
         if not report.ok:
             _err(f"error: {report.reason}")
             _err(f"see {root / '.comfyfleet' / 'provision.log'} and errors.log")
+            if report.traceback_file is not None:
+                _err(f"the traceback is in {report.traceback_file}")
             return 1
         if report.comfyui is not None:
             _err(
@@ -158,7 +141,15 @@ def provision(
             )
         return 0
 
-    run(body)
+    run(body, json_doc=_RUN_DOC if json_out else None, root=root)
+
+
+_NOTHING_CHANGED = "nothing was changed; run it again"
+_START_DOC: dict[str, Any] = {"pid": None, "port": None, "ready": False}
+_STOP_DOC: dict[str, Any] = {"stopped": False, "pid": None, "stale": False, "killed": False}
+_STATUS_DOC: dict[str, Any] = {
+    "running": False, "healthy": False, "pid": None, "port": None, "uptime_s": None,
+}  # fmt: skip
 
 
 @app.command("verify")
@@ -168,12 +159,16 @@ def verify_cmd(
     strict: bool = typer.Option(False, "--strict", help="Warnings fail too."),
     json_out: bool = JSON,
 ) -> None:
-    """Check models (present, verified), nodes (at their refs) and \\[validate] minimums."""
-    from comfyfleet.verification import verify
+    """Check models (present, verified), nodes (at their refs) and [validate] minimums."""
 
     def body() -> int:
+        from comfyfleet.manifest import load_manifest
+        from comfyfleet.verification import verify
+
         m = load_manifest(manifest)
-        report = asyncio.run(verify(m, root.resolve(), strict=strict or None))
+        report = run_async(
+            lambda: verify(m, root.resolve(), strict=strict or None), resume_hint=_NOTHING_CHANGED
+        )
         if json_out:
             emit_json(report.to_json())
         else:
@@ -183,7 +178,7 @@ def verify_cmd(
             print("OK" if report.ok else "FAILED" + (" (strict)" if report.strict else ""))
         return 0 if report.ok else 1
 
-    run(body)
+    run(body, json_doc={"checks": []} if json_out else None, root=root)
 
 
 @app.command()
@@ -191,12 +186,17 @@ def start(
     manifest: Path = MANIFEST, root: Path = ROOT, wait_lock: bool = WAIT_LOCK, json_out: bool = JSON
 ) -> None:
     """Start ComfyUI as the manifest says (or adopt a healthy one) and wait until ready."""
-    from comfyfleet.provisioning import start_comfyui
 
     def body() -> int:
+        from comfyfleet.manifest import load_manifest
+        from comfyfleet.provisioning import start_comfyui
+
         m = load_manifest(manifest)
-        with locked_root(root, "start", wait=wait_lock, json_out=json_out):
-            info = asyncio.run(start_comfyui(m, root.resolve(), on_info=_err))
+        with locked_root(root, "start", wait=wait_lock):
+            info = run_async(
+                lambda: start_comfyui(m, root.resolve(), on_info=_err),
+                resume_hint="run start again (a ComfyUI already up is adopted)",
+            )
         if json_out:
             emit_json(info.to_json())
         for w in info.report.warnings:
@@ -208,7 +208,7 @@ def start(
         _err(f"ComfyUI ready on port {info.port} (pid {info.pid}, {info.action})")
         return 0
 
-    run(body)
+    run(body, json_doc=_START_DOC if json_out else None, root=root)
 
 
 @app.command()
@@ -222,12 +222,15 @@ def stop(
     """Stop the run holding ROOT (if any: SIGTERM, it ends cleanly), then ROOT's ComfyUI."""
 
     def body() -> int:
+        from comfyfleet import runtime
+        from comfyfleet.lock import STATE_DIR, RootLock, check_root, stop_holder
+
         check_root(root)
         stopped_run: LockHolder | None = None
         lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if (root / STATE_DIR).is_dir():  # no state dir: no run of ours can hold a lock here
             if wait_lock:
-                lock = locked_root(root, "stop", wait=True, json_out=json_out)
+                lock = locked_root(root, "stop", wait=True)
             else:
                 held = RootLock(root, "stop")
                 stopped_run = stop_holder(root, held, grace=STOP_RUN_GRACE)
@@ -236,7 +239,7 @@ def stop(
                          f"{stopped_run.command})")  # fmt: skip
                 lock = held  # held by stop_holder; leaving the block releases it
         with lock:
-            result = asyncio.run(runtime.stop(root.resolve()))
+            result = run_async(lambda: runtime.stop(root.resolve()), resume_hint="run stop again")
         result["run_stopped"] = stopped_run.to_json() if stopped_run else None
         if result["problem"]:
             _err(f"warning: {result['problem']}; looked for ComfyUI by its working directory")
@@ -257,7 +260,7 @@ def stop(
             _err("nothing running")
         return 0
 
-    run(body)
+    run(body, json_doc=_STOP_DOC if json_out else None, root=root)
 
 
 @app.command()
@@ -265,7 +268,9 @@ def status(root: Path = ROOT, json_out: bool = JSON) -> None:
     """Whether ComfyUI runs and answers: pid, port, health, uptime (exit 1 unless healthy)."""
 
     def body() -> int:
-        doc = asyncio.run(runtime.status(root.resolve()))
+        from comfyfleet import runtime
+
+        doc = run_async(lambda: runtime.status(root.resolve()), resume_hint=_NOTHING_CHANGED)
         if json_out:
             emit_json(doc)
         elif doc["running"]:
@@ -282,4 +287,4 @@ def status(root: Path = ROOT, json_out: bool = JSON) -> None:
             print(f"run in progress: {who['command']} (pid {who['pid']}) since {who['since']}")
         return 0 if doc["running"] and doc["healthy"] else 1
 
-    run(body)
+    run(body, json_doc=_STATUS_DOC if json_out else None, root=root)
