@@ -18,17 +18,19 @@ from typing import Any, Literal
 
 import asyncssh
 
-from comfyfleet.errors import UsageError
+from comfyfleet.errors import RemotePathError, UsageError
 from comfyfleet.logstream import checkpoint
 from comfyfleet.logstream.core import Position, Reader, reconnected, resume, session_request, step
 from comfyfleet.logstream.markers import MarkerSet
 from comfyfleet.logstream.remote import (
     ConnectionLost,
+    NotRegularFile,
     ReadSession,
     ReadTuning,
     SshTarget,
     open_connection,
 )
+from comfyfleet.names import escape_controls
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,14 @@ class _Run:
             self._progressed = False
             try:
                 result = await self._drive(session)
+            except NotRegularFile as exc:
+                # Not retried: waiting cannot turn a directory into a log (exit 2).
+                raise RemotePathError(
+                    f"{escape_controls(self.target.path)} on {self.target.ssh.host} is a "
+                    f"{exc.kind}, not a regular file",
+                    hint="--path must name the log file itself, e.g. "
+                    "ROOT/.comfyfleet/provision.log",
+                ) from None
             finally:
                 session.close()
             if result is not None:

@@ -11,7 +11,9 @@ records on stdout:
 ``O dev ino size m h`` opened: identity, size, mode, then the first h (= ``head_len``) bytes
 ``D n`` + n bytes      data at the current offset
 ``V size h`` + h B     re-check after each ``D``: size, then the first h bytes
-``R``                  the path names another file and ours has been idle: drained
+``R``                  ours is drained and the path names another file, which has data
+                       (or ours has been idle for the rotation wait)
+``N type``             the path exists but is not a regular file (``stat %F``)
 ``T size``             the open file shrank below our offset
 ``G``                  the expected inode is gone (not at the path, not in its directory)
 ====================  ==================================================================
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+from asyncssh.public_key import get_default_public_key_algs
 
 from comfyfleet.errors import HostKeyError
 from comfyfleet.logstream.core import (
@@ -94,6 +97,8 @@ if [ -z "$eino" ]; then
     beat; sleep "$slow"
   done
   w=1
+  # A directory opens fine and then reads as nothing: refuse anything but a regular file.
+  if [ ! -f "$f" ]; then printf 'N %s\n' "$(stat -L -c %F -- "$f")"; exit 0; fi
   exec 3<"$f"
   mode=new
 else
@@ -111,8 +116,12 @@ printf 'O %s %s %s %s %s\n' "$1" "$2" "$3" "$mode" "$hl"; emit 0 "$hl"
 fd=3 idle=0 check=0
 while :; do
   # One stat per poll serves both the re-check of the chunk just sent and what to do next.
-  set -- $(stat -L -c '%d %i %s' /dev/fd/3 "$f")
-  size=$3
+  # The path comes first: once its new file has data, a single sequential writer has
+  # finished with the old one, so the old size read after it is final. A missing path
+  # leaves only the three fields of fd 3.
+  set -- $(stat -L -c '%d %i %s' -- "$f" /dev/fd/3)
+  if [ $# -ge 6 ]; then pid="$1 $2" psize=$3 size=$6 fid="$4 $5"
+  else pid= psize=0 size=$3 fid="$1 $2"; fi
   if [ "$check" = 1 ]; then
     head_len; printf 'V %s %s\n' "$size" "$h"; emit 0 "$h"; check=0
   fi
@@ -123,7 +132,10 @@ while :; do
     off=$((off + n)) check=1 idle=0 w=1 nap=$poll
     continue
   fi
-  if [ "$4 $5" != "$1 $2" ] && [ "$idle" -ge "$rw" ]; then
+  # Drained (size = off here). The path names another file: switch at once when that file
+  # has data; while it is absent or empty the old one may still get late lines, so wait
+  # for $rw quiet polls (logrotate's `create` makes the new file before the daemon reopens).
+  if [ "$pid" != "$fid" ] && { [ "$psize" -gt 0 ] || [ "$idle" -ge "$rw" ]; }; then
     ticks=$hbn; beat  # a last re-check: a same-size rewrite must not pass for drained
     printf 'R\n'; exit 0
   fi
@@ -177,6 +189,14 @@ _SYNC = b"comfyfleet-logstream"
 
 class ConnectionLost(Exception):
     """The connection or the remote reader failed in a way a reconnect may fix."""
+
+
+class NotRegularFile(Exception):
+    """The path exists but is not a regular file; ``kind`` is what ``stat`` calls it."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
 
 
 class _SessionEnded(Exception):
@@ -237,7 +257,8 @@ async def open_connection(
     except FileNotFoundError:
         text = ""
     known = asyncssh.import_known_hosts(text)
-    has_entry = any(known.match(target.host, "", target.port)[:3])
+    trusted, cas, revoked = known.match(target.host, "", target.port)[:3]
+    has_entry = bool(trusted or cas or revoked)
     client = _PinningClient(may_pin=target.accept_new_host_key and not has_entry)
     options: dict = {}
     if target.key is not None:
@@ -251,6 +272,7 @@ async def open_connection(
                 target.port,
                 username=target.user,
                 known_hosts=known,
+                server_host_key_algs=_host_key_algs(trusted),
                 keepalive_interval=KEEPALIVE_INTERVAL,
                 keepalive_count_max=KEEPALIVE_COUNT_MAX,
                 login_timeout=connect_timeout,
@@ -267,6 +289,24 @@ async def open_connection(
         with kh_path.open("a") as fh:
             fh.write(_known_hosts_line(target, client.pinned))
     return conn
+
+
+def _host_key_algs(trusted: list[asyncssh.SSHKey]) -> list[str] | str:
+    """The pinned keys' algorithms first, then every other default one.
+
+    asyncssh offers only the pinned keys' algorithms by default, so a server whose key is of
+    another type fails the key exchange, which looks like a network error and is retried
+    until the deadline. Offered last, the other types let that server show its key, and the
+    key check refuses it at once, as it refuses a changed key of the same type. A server
+    that has a key of the pinned type still picks it: the client's order decides.
+    """
+    if not trusted:
+        return "default"
+    first: list[bytes] = []
+    for key in trusted:
+        first += [a for a in key.sig_algorithms if a not in first]
+    rest = [a for a in get_default_public_key_algs() if a not in first]
+    return [a.decode() for a in first + rest]
 
 
 def _host_key_error(target: SshTarget, has_entry: bool) -> HostKeyError:
@@ -391,6 +431,8 @@ class ReadSession:
                 return Truncated(int(parts[1]))
             if kind == b"G":
                 return Gone()
+            if kind == b"N":
+                raise NotRegularFile(b" ".join(parts[1:]).decode("utf-8", "replace") or "?")
         except (IndexError, ValueError) as exc:
             raise ConnectionLost(f"garbled record from the remote reader: {exc}") from exc
         raise ConnectionLost(f"unknown record from the remote reader: {parts[:1]!r}")
