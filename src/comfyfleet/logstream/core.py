@@ -111,14 +111,19 @@ class Checked:
 
 @dataclass(frozen=True)
 class Rotated:
-    """The path names another file now, and the old one stayed idle long enough: drained."""
+    """The old file is drained and the path names another file now. With ``continues`` the
+    same session goes on with the new file (an ``Opened`` follows); else it ends."""
+
+    continues: bool = False
 
 
 @dataclass(frozen=True)
 class Truncated:
-    """The open file shrank below the reader's offset (copytruncate, ``: > file``)."""
+    """The open file shrank below the reader's offset (copytruncate, ``: > file``). With
+    ``continues`` the same session goes on reading it from 0; else it ends."""
 
     size: int
+    continues: bool = False
 
 
 @dataclass(frozen=True)

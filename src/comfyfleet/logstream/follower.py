@@ -287,6 +287,6 @@ class _Run:
                     outcome, line = hit
                     verb = "completed" if outcome == "complete" else "reported failure"
                     return self.result(outcome, f"{self.target.path} {verb}: {line}")
-            if st.end_session:
+            if st.end_session and not getattr(event, "continues", False):
                 return None
         return None

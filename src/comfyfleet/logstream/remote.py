@@ -11,10 +11,11 @@ records on stdout:
 ``O dev ino size m h`` opened: identity, size, mode, then the first h (= ``head_len``) bytes
 ``D n`` + n bytes      data at the current offset
 ``V size h`` + h B     re-check after each ``D``: size, then the first h bytes
-``R``                  ours is drained and the path names another file, which has data
-                       (or ours has been idle for the rotation wait)
+``R [1]``              ours is drained and the path names another file, which has data
+                       (or ours has been idle for the rotation wait); with ``1`` an ``O``
+                       of the new file follows in this session, else the session ends
 ``N type``             the path exists but is not a regular file (``stat %F``)
-``T size``             the open file shrank below our offset
+``T size 1``           the open file shrank below our offset; reading goes on from 0
 ``G``                  the expected inode is gone (not at the path, not in its directory)
 ====================  ==================================================================
 
@@ -125,7 +126,12 @@ while :; do
   if [ "$check" = 1 ]; then
     head_len; printf 'V %s %s\n' "$size" "$h"; emit 0 "$h"; check=0
   fi
-  if [ "$size" -lt "$off" ]; then printf 'T %s\n' "$size"; exit 0; fi
+  if [ "$size" -lt "$off" ]; then
+    # Same inode, new content: go on from 0 in this session (a new one costs a channel,
+    # a shell and a few processes, which is most of a rotation's delay).
+    printf 'T %s 1\n' "$size"; off=0 check=0 idle=0 w=1 nap=$poll
+    continue
+  fi
   if [ "$size" -gt "$off" ]; then
     n=$((size - off)); [ "$n" -gt "$max" ] && n=$max
     printf 'D %s\n' "$n"; emit "$off" "$n"
@@ -137,7 +143,14 @@ while :; do
   # for $rw quiet polls (logrotate's `create` makes the new file before the daemon reopens).
   if [ "$pid" != "$fid" ] && { [ "$psize" -gt 0 ] || [ "$idle" -ge "$rw" ]; }; then
     ticks=$hbn; beat  # a last re-check: a same-size rewrite must not pass for drained
-    printf 'R\n'; exit 0
+    if [ ! -f "$f" ]; then printf 'R\n'; exit 0; fi  # absent: the next session waits
+    # Switch in this session: open whatever the path names now and say what it is.
+    printf 'R 1\n'
+    exec 3<"$f"
+    set -- $(stat -L -c '%d %i %s' /dev/fd/3)
+    printf 'O %s %s %s new 0\n' "$1" "$2" "$3"
+    off=0 check=0 idle=0 w=1 nap=$poll
+    continue
   fi
   idle=$((idle + w))
   [ "$idle" -ge "$hbn" ] && w=$sw nap=$slow
@@ -426,9 +439,9 @@ class ReadSession:
                     raise ValueError("missing V record")
                 return Chunk(data, int(check[1]), await self._bytes(int(check[2])))
             if kind == b"R":
-                return Rotated()
+                return Rotated(parts[1:] == [b"1"])
             if kind == b"T":
-                return Truncated(int(parts[1]))
+                return Truncated(int(parts[1]), parts[2:] == [b"1"])
             if kind == b"G":
                 return Gone()
             if kind == b"N":
