@@ -170,6 +170,9 @@ class SshTarget:
     key: Path | None = None
     known_hosts: Path | None = None
     accept_new_host_key: bool = False
+    #: the one key to accept ("ssh-ed25519 AAAA…"), pinned by the caller (the fleet pins
+    #: per instance id); the known-hosts file is then neither read nor written
+    host_key: str | None = None
 
     @property
     def known_hosts_path(self) -> Path:
@@ -238,10 +241,18 @@ def remote_command(path: str, req: SessionRequest, tuning: ReadTuning) -> str:
     return f"exec timeout {tuning.session_seconds} {inner}"
 
 
-def _known_hosts_line(target: SshTarget, key: asyncssh.SSHKey) -> str:
+def _known_hosts_name(target: SshTarget) -> str:
+    return target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+
+
+def public_key_line(key: asyncssh.SSHKey) -> str:
+    """``"ssh-ed25519 AAAA…"``: a host key as :attr:`SshTarget.host_key` takes it."""
     kind, blob = key.export_public_key("openssh").decode().split()[:2]
-    name = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
-    return f"{name} {kind} {blob}\n"
+    return f"{kind} {blob}"
+
+
+def _known_hosts_line(target: SshTarget, key: asyncssh.SSHKey) -> str:
+    return f"{_known_hosts_name(target)} {public_key_line(key)}\n"
 
 
 class _PinningClient(asyncssh.SSHClient):
@@ -261,18 +272,26 @@ class _PinningClient(asyncssh.SSHClient):
 
 
 async def open_connection(
-    target: SshTarget, *, connect_timeout: float = 10.0
+    target: SshTarget, *, connect_timeout: float = 10.0, first_contact: bool = False
 ) -> asyncssh.SSHClientConnection:
-    """Connect with keepalive and host-key checks; HostKeyError when the key is refused."""
+    """Connect with keepalive and host-key checks; HostKeyError when the key is refused.
+
+    ``first_contact``: accept whatever key the host shows and record it nowhere (the caller
+    reads ``conn.get_server_host_key()`` and pins it), for a machine created moments ago.
+    """
     kh_path = target.known_hosts_path
-    try:
-        text = kh_path.read_text()
-    except FileNotFoundError:
-        text = ""
+    if target.host_key is not None:
+        text = f"{_known_hosts_name(target)} {target.host_key.strip()}\n"
+    else:
+        try:
+            text = "" if first_contact else kh_path.read_text()
+        except FileNotFoundError:
+            text = ""
     known = asyncssh.import_known_hosts(text)
     trusted, cas, revoked = known.match(target.host, "", target.port)[:3]
     has_entry = bool(trusted or cas or revoked)
-    client = _PinningClient(may_pin=target.accept_new_host_key and not has_entry)
+    may_pin = (first_contact or target.accept_new_host_key) and not has_entry
+    client = _PinningClient(may_pin=may_pin)
     options: dict = {}
     if target.key is not None:
         options["client_keys"] = [str(target.key)]
@@ -297,7 +316,7 @@ async def open_connection(
         raise _host_key_error(target, has_entry) from exc
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         raise ConnectionLost(_describe(exc)) from exc
-    if client.pinned is not None:
+    if client.pinned is not None and not first_contact:
         kh_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with kh_path.open("a") as fh:
             fh.write(_known_hosts_line(target, client.pinned))
@@ -323,7 +342,13 @@ def _host_key_algs(trusted: list[asyncssh.SSHKey]) -> list[str] | str:
 
 
 def _host_key_error(target: SshTarget, has_entry: bool) -> HostKeyError:
-    where = str(target.known_hosts_path)
+    where = "the pinned key" if target.host_key else str(target.known_hosts_path)
+    if target.host_key:
+        return HostKeyError(
+            f"the host key of {target.host}:{target.port} does not match the key pinned for "
+            "this machine; refusing to connect",
+            hint="a reused address now reaches another machine, or the machine was rebuilt",
+        )
     if has_entry:
         return HostKeyError(
             f"the host key of {target.host}:{target.port} does not match the one in {where}; "
