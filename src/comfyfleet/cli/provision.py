@@ -60,12 +60,20 @@ def provision(
     no_start: bool = typer.Option(
         False, "--no-start", help="Install and verify; don't start ComfyUI."
     ),
+    secrets_stdin: bool = typer.Option(
+        False,
+        "--secrets-stdin",
+        help='Read tokens as a JSON object (e.g. {"HF_TOKEN": "..."}) from stdin; '
+        "only the downloads get them, never the environment of git, pip or ComfyUI.",
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Install ComfyUI, custom nodes, models and workflows; verify; start ComfyUI until ready."""
     from comfyfleet.provisioning import provision as do_provision
 
     def body() -> int:
+        if secrets_stdin:
+            _secrets_from_stdin()
         m = load_manifest(manifest)
         report = run_async(
             lambda: do_provision(
@@ -92,6 +100,17 @@ def provision(
         return 0
 
     run(body)
+
+
+def _secrets_from_stdin() -> None:
+    from comfyfleet import credentials
+    from comfyfleet.errors import UsageError
+
+    text = sys.stdin.read(1 << 16)
+    try:
+        credentials.give(credentials.parse_secrets(text))
+    except ValueError as exc:
+        raise UsageError(f"--secrets-stdin: {exc}") from None
 
 
 @app.command("verify")

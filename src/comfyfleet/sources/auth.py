@@ -1,4 +1,4 @@
-"""Tokens from the environment, and the one rule for sending them.
+"""Tokens (environment, or given in memory: credentials.py), and the one rule for sending them.
 
 A token goes only to the host it belongs to: ``HF_TOKEN`` to the hub, ``CIVITAI_TOKEN``
 (or ``CIVITAI_API_TOKEN``) to Civitai — never to a CDN a redirect points at (presigned R2/B2
@@ -8,9 +8,9 @@ sent as ``Authorization: Bearer`` so they never sit in a URL that could be logge
 
 from __future__ import annotations
 
-import os
 from urllib.parse import urlsplit
 
+from comfyfleet import credentials
 from comfyfleet.sources.base import USER_AGENT
 from comfyfleet.sources.endpoints import (
     civitai_endpoint,
@@ -24,12 +24,12 @@ from comfyfleet.sources.endpoints import (
 
 def hf_token() -> str | None:
     """``HF_TOKEN`` (or the older ``HUGGING_FACE_HUB_TOKEN``), when set."""
-    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+    return credentials.get("HF_TOKEN") or credentials.get("HUGGING_FACE_HUB_TOKEN")
 
 
 def civitai_token() -> str | None:
     """``CIVITAI_TOKEN`` (or ``CIVITAI_API_TOKEN``), when set."""
-    return os.environ.get("CIVITAI_TOKEN") or os.environ.get("CIVITAI_API_TOKEN") or None
+    return credentials.get("CIVITAI_TOKEN") or credentials.get("CIVITAI_API_TOKEN")
 
 
 def _token_owner(url: str) -> str | None:
