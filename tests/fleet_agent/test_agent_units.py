@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from comfyfleet import credentials
+from comfyfleet.errors import HostKeyError
 from comfyfleet.fleet.agent import (
     AgentError,
     AgentOptions,
@@ -104,3 +105,18 @@ async def test_an_image_without_python_3_11_fails_with_one_clear_line(make_insta
         await agent.install()
     await agent.close()
     assert not (inst.home / ".comfyfleet-agent").exists()  # nothing uploaded
+
+
+async def test_operator_known_hosts_accepts_the_recorded_key_and_refuses_an_unknown_host(
+    make_instance, sshd, tmp_path
+):
+    inst = make_instance()
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} {inst.host_key}\n")
+    agent = ProvisionAgent("i-op", inst.endpoint, HostKeyPolicy.operator(known))
+    assert await agent.connect() == inst.host_key
+    await agent.close()
+    known.write_text("")
+    with pytest.raises(HostKeyError, match="is not in"):
+        await ProvisionAgent("i-op", inst.endpoint, HostKeyPolicy.operator(known)).connect()
+    assert known.read_text() == ""  # an operator's file is never written to
