@@ -7,6 +7,7 @@ rotation drain wait) far beyond the follow's deadline, so the old behaviour time
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 from dataclasses import replace
@@ -111,6 +112,10 @@ def test_cli_exits_2_for_a_directory_path(sshd, tmp_path):
     assert proc.returncode == 2
     assert "is a directory, not a regular file" in proc.stderr
     assert "Traceback" not in proc.stderr
+    proc = subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    doc = json.loads(proc.stdout)  # still exactly one document
+    assert "not a regular file" in json.dumps(doc)
 
 
 async def test_known_host_key_of_another_type_is_refused_at_once(sshd, target_for, remote_log):
