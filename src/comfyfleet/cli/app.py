@@ -16,13 +16,16 @@ from comfyfleet.redact import redact_text
 
 app = typer.Typer(
     name="comfyfleet",
-    help="Provision rented GPU machines to a verified, running ComfyUI; stream their logs.",
+    help="Provision rented GPU machines to a verified, running ComfyUI; stream their logs; "
+    "keep a warm pool.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 logs_app = typer.Typer(help="Stream remote logs.", no_args_is_help=True)
+pool_app = typer.Typer(help="Warm pool of provisioned instances.", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")
+app.add_typer(pool_app, name="pool")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

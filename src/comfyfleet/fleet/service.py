@@ -311,10 +311,10 @@ class PoolService:
             else:
                 await self.store.update(row_id, **fields)
             outcome = await self._create(row, offer)
+            if self._offers is not None and offer in self._offers:
+                self._offers.remove(offer)  # rented, taken or in doubt: not for the next intent
             if outcome != "unavailable":
                 return
-            if self._offers is not None and offer in self._offers:
-                self._offers.remove(offer)
         if await self.store.transition(
             row_id, S.CREATING, S.FAILED, reason="every offer tried was taken"
         ):
