@@ -124,8 +124,12 @@ class Provider(Protocol):
         """One instance now; ``None`` means the provider says it is gone. Read-only."""
         ...
 
-    async def destroy(self, provider_id: str) -> None:
+    async def destroy(self, provider_id: str, *, label: str | None = None) -> None:
         """Destroy the instance (ssh: stop what runs there and release the host).
+
+        ``label``, when given, is the label the caller knows the instance by: a provider whose
+        ids are reused (ssh: ``host:port`` is claimed again and again) then touches the
+        instance only while it still carries that label. Vast ids are never reused.
 
         Idempotent: an instance that is already gone is success. Retries 429/5xx inside for a
         bounded time, then raises; after a raise or an interruption the destroy may or may not

@@ -75,7 +75,10 @@ MAX_PAGES = 2000
 #: Vast's onstart limit (openapi.yaml: 4048 characters)
 ONSTART_MAX = 4048
 
-_PUBLIC_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+$")
+_PUBLIC_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
+    r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/=]+$"
+)
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _OCI = "oci runtime create failed"
 
@@ -390,8 +393,10 @@ class VastProvider:
             raise ProviderError(f"Vast answered show instance {iid} with a malformed record")
         return inst
 
-    async def destroy(self, provider_id: str) -> None:
-        """Destroy the instance; ``no_such_instance`` (already gone) is success."""
+    async def destroy(self, provider_id: str, *, label: str | None = None) -> None:
+        """Destroy the instance; ``no_such_instance`` (already gone) is success.
+
+        ``label`` is accepted for the interface and not needed: Vast never reuses an id."""
         iid = _instance_id(provider_id)
         ans = await self._call("destroy", "DELETE", f"/api/v0/instances/{iid}/", body={})
         if ans.status == 200 and ans.field("success") is not False:
