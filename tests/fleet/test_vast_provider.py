@@ -268,6 +268,23 @@ async def test_a_lost_create_answer_is_not_resent_and_is_found_by_label(provider
     assert [i.label for i in listed] == [label(7)]
 
 
+async def test_a_create_that_times_out_after_acting_may_have_happened(make, double):
+    provider = make(request_timeout=0.3)
+    double.faults.next("create", "hang_after", seconds=0.6)
+    with pytest.raises(ProviderUnavailable, match="may have happened"):
+        await rent(provider, double, n=8)
+    assert len(double.requests_to("create")) == 1
+    assert [i.label for i in await provider.list_instances()] == [label(8)]
+
+
+async def test_a_listing_that_times_out_is_retried(make, double):
+    provider = make(request_timeout=0.3)
+    await rent(provider, double, n=1)
+    double.faults.next("list", "hang", seconds=0.6)
+    assert [i.label for i in await provider.list_instances()] == [label(1)]
+    assert len(double.requests_to("list")) == 2
+
+
 @pytest.mark.parametrize("kind", ["500", "502", "503", "504"])
 async def test_a_create_5xx_is_not_retried(provider, double, kind):
     double.faults.next("create", kind)

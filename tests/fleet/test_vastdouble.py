@@ -6,6 +6,7 @@ against the double passes against the behaviour written down here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
@@ -492,3 +493,41 @@ def test_runs_in_a_thread_for_sync_callers():
             time.sleep(0.01)
     finally:
         d.stop_thread()
+
+
+async def test_hang_acts_after_the_wait_and_hang_after_acts_before_it(double, http):
+    offer = double.add_offer()
+    body = {"image": "x", "disk": 10, "label": "l"}
+    short = aiohttp.ClientTimeout(total=0.3)
+    double.faults.next("create", "hang_after", seconds=0.6)
+    with pytest.raises(TimeoutError):
+        async with http.put(
+            f"{double.url}/api/v0/asks/{offer.id}/",
+            json=body,
+            headers={"Authorization": f"Bearer {double.api_key}"},
+            timeout=short,
+        ) as resp:
+            await resp.read()
+    assert len(double.live()) == 1  # created before the (never received) answer
+    other = double.add_offer()
+    double.faults.next("create", "hang", seconds=0.2)
+    status, _, _ = await call(http, double, "PUT", f"/api/v0/asks/{other.id}/", body)
+    assert status == 200 and len(double.live()) == 2
+
+
+async def test_a_client_that_gives_up_during_a_hang_still_gets_the_action_done(double, http):
+    offer = double.add_offer()
+    double.faults.next("create", "hang", seconds=0.5)
+    with pytest.raises(TimeoutError):
+        async with http.put(
+            f"{double.url}/api/v0/asks/{offer.id}/",
+            json={"image": "x", "disk": 10, "label": "l"},
+            headers={"Authorization": f"Bearer {double.api_key}"},
+            timeout=aiohttp.ClientTimeout(total=0.1),
+        ) as resp:
+            await resp.read()
+    # like a real server, the request that arrived is carried out though its client left
+    end = time.monotonic() + 5
+    while not double.live():
+        assert time.monotonic() < end, "the create never happened"
+        await asyncio.sleep(0.02)
