@@ -70,6 +70,8 @@ DEFAULT_MIN_INTERVAL: dict[str, float] = {
 DEFAULT_CALL_BUDGET = 20.0
 #: Vast caps v1 pages at 25 rows (reference §1.5)
 PAGE_LIMIT = 25
+#: attempts to connect before a call gives up (connection refused, DNS, connect timeout)
+CONNECT_ATTEMPTS = 3
 #: a listing longer than this many pages is refused rather than followed forever
 MAX_PAGES = 2000
 #: Vast's onstart limit (openapi.yaml: 4048 characters)
@@ -478,17 +480,26 @@ class VastProvider:
         repeatable = endpoint != "create"
         deadline = time.monotonic() + self.call_budget  # real time, whatever self.clock is
         attempt = 0
+        connect_failures = 0
         last: ProviderError
         while True:
             try:
                 async with self._gate(endpoint):
                     status, data = await self._send(method, url, query, body)
-            except aiohttp.ClientConnectorError as exc:
-                # not connected: the request was never sent, so retrying is always harmless
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # not connected: the request was never sent, so retrying is harmless — but a
+                # wrong URL or certificate must fail start-up in seconds, so only briefly
                 last = ProviderUnreachable(
-                    f"cannot reach the Vast API at {self.api_url}: {self._clean(str(exc))}",
+                    f"cannot reach the Vast API at {self.api_url}: "
+                    f"{self._clean(str(exc) or type(exc).__name__)}",
                     hint="check [provider] api_url and the network (DNS, proxy, TLS)",
                 )
+                connect_failures += 1
+                permanent = isinstance(
+                    exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError
+                )
+                if permanent or connect_failures >= CONNECT_ATTEMPTS:
+                    raise last from None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 what = "timed out" if isinstance(exc, TimeoutError) else "dropped the connection"
                 last = ProviderUnavailable(
