@@ -1093,28 +1093,37 @@ class VastDouble:
                 # a tiebreaker to any column. Our clients order by id.
                 raise _error(400, "invalid_args", "the double orders by id only")
             descending = first.get("dir") == "desc"
-        all_rows = self._rows()
-        rows = [r for r in all_rows if _matches(r, filters, what="instance")]
-        if descending:
-            rows.reverse()
         token = request.query.get("after_token")
-        if token:
-            after = _decode_token(token)
-            rows = [r for r in rows if (r["id"] < after if descending else r["id"] > after)]
-        page = rows[:limit]
-        more = len(rows) > limit
+        after = _decode_token(token) if token else None
+        live = sorted(
+            (i for i in self.instances.values() if i.alive), key=lambda i: i.id, reverse=descending
+        )
+        now = self.now()
+        page: list[dict[str, Any]] = []
+        more = False
+        for inst in live:
+            if after is not None and (inst.id >= after if descending else inst.id <= after):
+                continue
+            row = inst.as_json(now, self.ports_when_running)
+            if not _matches(row, filters, what="instance"):
+                continue
+            if len(page) == limit:
+                more = True
+                break
+            page.append(row)
+        last_id = page[-1]["id"] if page else None
         if select_cols and select_cols != ["*"]:
             page = [{c: r.get(c) for c in select_cols} for r in page]  # unknown → null
         counts: dict[str, int] = {}
-        for r in all_rows:  # GUESS: label_counts over the whole account, not the filter
-            key = r["label"] or ""
+        for inst in live:  # GUESS: label_counts over the whole account, not the filter
+            key = inst.label or ""
             counts[key] = counts.get(key, 0) + 1
         return {
             "success": True,
-            "instances_found": len(rows),
-            "total_instances": len(all_rows),
+            "instances_found": len(page),  # GUESS: this page's count
+            "total_instances": len(live),
             "label_counts": counts,
-            "next_token": _encode_token(page[-1]["id"]) if more and page else None,
+            "next_token": _encode_token(last_id) if more and last_id is not None else None,
             "instances": page,
         }
 

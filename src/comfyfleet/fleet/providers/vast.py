@@ -234,6 +234,7 @@ class VastProvider:
         call_budget: float = DEFAULT_CALL_BUDGET,
         request_timeout: float = 30.0,
         blocklist: Blocklist | None = None,
+        page_limit: int = PAGE_LIMIT,
     ) -> None:
         if not api_key:
             raise ProviderAuthError(
@@ -253,6 +254,8 @@ class VastProvider:
         self.call_budget = call_budget
         self.request_timeout = request_timeout
         self.blocklist = blocklist or Blocklist(clock=clock)
+        #: rows asked per listing page (Vast serves at most 25; the benchmark's double, more)
+        self.page_limit = page_limit
         self._session: aiohttp.ClientSession | None = None
         self._gates: dict[str, asyncio.Lock] = {}
         self._next_allowed: dict[str, float] = {}
@@ -357,7 +360,7 @@ class VastProvider:
         params: dict[str, Any] = {
             "select_filters": {"label": {"neq": ""}},
             "order_by": [{"col": "id", "dir": "asc"}],
-            "limit": PAGE_LIMIT,
+            "limit": self.page_limit,
         }
         found: list[ProviderInstance] = []
         seen_tokens: set[str] = set()
