@@ -351,6 +351,18 @@ async def test_list_rides_out_429s_and_5xx_blips(provider, double):
     assert [r.status for r in double.requests_to("list")] == [429, 503, 429, 599, 200]
 
 
+async def test_an_html_page_instead_of_json_is_retried_for_reads_and_unknown_for_create(
+    provider, double
+):
+    await rent(provider, double, n=1)
+    double.faults.next("list", "html")
+    assert len(await provider.list_instances()) == 1
+    double.faults.next("create", "html")
+    with pytest.raises(ProviderUnavailable, match="may have happened"):
+        await rent(provider, double, n=2)
+    assert len(double.requests_to("create")) == 2  # one per rent: never re-sent
+
+
 async def test_list_raises_rate_limited_when_429s_outlast_the_budget(make, double):
     provider = make(call_budget=0.5)
     double.faults.rate("list", "429_text", 1.0)

@@ -90,6 +90,7 @@ FAULT_KINDS = (
     "hang_after",  # handle, then wait `seconds` before answering
     "error_but_created",  # create only: an error answer that still names new_contract
     "no_such_ask",  # create only: 404 no_such_ask (the offer was taken meanwhile)
+    "html",  # 200 with an HTML page (a proxy or captive portal in the way); nothing happened
 )
 
 # Columns of an instance row that exist only computed; v1 select_filters on them → 400
@@ -884,6 +885,11 @@ class VastDouble:
                 return web.Response(status=int(fault.kind), text=f"{fault.kind} Server Error")
             elif fault.kind == "drop":
                 return self._abort(request)
+            elif fault.kind == "html":
+                return web.Response(
+                    text="<html><body>Service temporarily unavailable</body></html>",
+                    content_type="text/html",
+                )
         with self._lock:
             if self._rate_limited(endpoint, request):
                 return self._too_frequent(

@@ -525,6 +525,16 @@ class VastProvider:
                         f"Vast kept failing {method} {path}: {self._describe(ans)}",
                         hint="the provider is having trouble; retried on the next tick",
                     )
+                elif status == 200 and not isinstance(data, dict):
+                    # not the API talking (an HTML page from a proxy): like a 5xx, except that
+                    # for a create we cannot know what happened behind it
+                    last = ProviderUnavailable(
+                        f"the Vast API answered {method} {path} with something other than JSON"
+                        + ("" if repeatable else "; the create may have happened"),
+                        hint="check [provider] api_url (a proxy or portal in the way?)",
+                    )
+                    if not repeatable:
+                        raise last
                 else:
                     return ans
             attempt += 1
