@@ -106,6 +106,11 @@ class _Answer:
     status: int
     data: Any  # parsed JSON, or the text when the body is not JSON
 
+    @property
+    def ok(self) -> bool:
+        """A 2xx JSON answer that does not say ``"success": false``."""
+        return 200 <= self.status < 300 and self.field("success") is not False
+
     def field(self, name: str) -> Any:
         return self.data.get(name) if isinstance(self.data, dict) else None
 
@@ -323,7 +328,7 @@ class VastProvider:
         made = (
             str(contract) if isinstance(contract, int | str) and str(contract).isdigit() else None
         )
-        if ans.status == 200 and ans.field("success") is not False and made:
+        if ans.ok and made:
             key = ans.field("instance_api_key")
             return Created(made, key if isinstance(key, str) else None)
         if made:
@@ -335,7 +340,8 @@ class VastProvider:
                 hint="the instance is tracked and destroyed",
                 provider_id=made,
             )
-        if ans.status in (404, 410) or ans.says("no_such_ask"):
+        if ans.says("no_such_ask") or ans.status == 410:
+            # (a bare 404 without the code may be a wrong api_url, not a taken offer)
             raise OfferUnavailable(
                 f"offer {offer.offer_id} is no longer available ({self._describe(ans)})",
                 hint="the next offer is tried",
@@ -404,7 +410,7 @@ class VastProvider:
         ``label`` is accepted for the interface and not needed: Vast never reuses an id."""
         iid = _instance_id(provider_id)
         ans = await self._call("destroy", "DELETE", f"/api/v0/instances/{iid}/", body={})
-        if ans.status == 200 and ans.field("success") is not False:
+        if ans.ok:
             return
         if ans.says("no_such_instance") or (ans.status == 404 and ans.says("not_found")):
             return  # already gone (dstack treats it so): destroy is idempotent
@@ -418,9 +424,7 @@ class VastProvider:
         ans = await self._call(
             "attach_ssh", "POST", f"/api/v0/instances/{iid}/ssh/", body={"ssh_key": key}
         )
-        if ans.status == 200 and ans.field("success") is not False:
-            return
-        if ans.says("already associated"):
+        if ans.ok or ans.says("already associated"):
             return
         self._expect_ok(ans, f"attach an SSH key to instance {iid}")
 
@@ -595,7 +599,7 @@ class VastProvider:
             )
 
     def _expect_ok(self, ans: _Answer, what: str) -> None:
-        if ans.status == 200 and ans.field("success") is not False:
+        if ans.ok:
             return
         self._raise_auth(ans)
         raise ProviderError(f"Vast refused to {what}: {self._describe(ans)}")
