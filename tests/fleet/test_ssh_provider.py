@@ -310,3 +310,17 @@ async def test_a_changed_host_key_is_refused(make, hosts):
     with pytest.raises(ProviderAuthError):
         await claim(provider, hosts[0])
     assert not hosts[0].claim_file.exists()
+
+
+async def test_a_missing_known_hosts_file_or_key_is_an_auth_error(hosts, tmp_path):
+    missing = SshHostsProvider(
+        [hosts[0].spec], pool="sdxl", known_hosts=tmp_path / "nope", instance_root="/x"
+    )
+    with pytest.raises(ProviderAuthError, match="known_hosts"):
+        await missing.list_instances()
+    spec = HostSpec("127.0.0.1", port=hosts[0].server.port, key=tmp_path / "no-key")
+    no_key = SshHostsProvider(
+        [spec], pool="sdxl", known_hosts=hosts[0].server.known_hosts, instance_root="/x"
+    )
+    with pytest.raises(ProviderAuthError, match="no-key"):
+        await no_key.list_instances()

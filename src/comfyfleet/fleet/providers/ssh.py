@@ -345,6 +345,18 @@ class SshHostsProvider:
         return self.hosts.get(provider_id)
 
     async def _default_connect(self, spec: HostSpec) -> asyncssh.SSHClientConnection:
+        if not self.known_hosts.is_file():
+            raise ProviderAuthError(
+                f"the known_hosts file {self.known_hosts} does not exist: no host key can be "
+                "checked",
+                hint="record each host's key first (ssh-keyscan -p PORT HOST >> known_hosts) "
+                "or set [provider] known_hosts",
+            )
+        if spec.key is not None and not spec.key.is_file():
+            raise ProviderAuthError(
+                f"the SSH key {spec.key} for {spec.id} does not exist",
+                hint="fix key in [[provider.hosts]]",
+            )
         options: dict[str, Any] = {
             "username": spec.user,
             "known_hosts": str(self.known_hosts),
