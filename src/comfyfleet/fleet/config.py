@@ -58,6 +58,7 @@ class PoolSection(_Strict):
     dead_man_switch: Duration | None = None
     # Control-loop timing (not in DESIGN.md's example; defaults suit a real provider).
     tick: Duration = 10.0  # one reconcile pass (one paged list call) per tick
+    create_grace: Duration = 120.0  # a create whose answer was lost may show up this late
     backoff: Duration = 30.0  # first pause after a failed create/boot; doubles per failure
     backoff_max: Duration = 900.0
 

@@ -9,7 +9,7 @@ The rules (issue 11):
 * An instance that is ours (:mod:`.ownership`) but matches no live row — unknown, or one the
   store says is destroyed/lost — is destroyed.
 * A ``creating`` intent is resolved by its label: listed → ``booting`` with its id; not listed
-  for ``lost_grace`` → ``lost`` (should it appear later, the previous rule destroys it).
+  for ``create_grace`` → ``lost`` (should it appear later, the previous rule destroys it).
 * A row whose instance vanished is ``lost`` (and the policy replaces it).
 * ``failed`` rows and rows to retire are destroyed; ``destroying`` rows are destroyed again on
   every tick until the listing no longer has them, and only then become ``destroyed``.
@@ -47,6 +47,8 @@ class Rules:
     pool: str
     provision_timeout: float
     lost_grace: float  # how long a row may be missing from the listing before it is lost
+    #: how long a create whose answer was lost may take to show up in the listing
+    create_grace: float | None = None
 
 
 # --- actions ---------------------------------------------------------------------------
@@ -182,10 +184,13 @@ def _row_actions(
 
     missing_for = now - row.state_since
     if obs is None:
+        if state is S.CREATING:
+            grace = rules.create_grace if rules.create_grace is not None else rules.lost_grace
+            if missing_for < grace:
+                return []  # the create may still be under way, or the listing lags it
+            return [MarkLost(row.id, state, "create outcome unknown; no instance has its label")]
         if missing_for < rules.lost_grace:
             return []  # the listing may lag a fresh create (SkyPilot #4443)
-        if state is S.CREATING:
-            return [MarkLost(row.id, state, "create outcome unknown; no instance has its label")]
         return [MarkLost(row.id, state, "the provider no longer lists it")]
 
     inst = obs.inst

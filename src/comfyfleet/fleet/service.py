@@ -103,6 +103,7 @@ class PoolService:
             pool=section.name,
             provision_timeout=section.provision_timeout,
             lost_grace=LOST_GRACE_TICKS * section.tick,
+            create_grace=section.create_grace,
         )
         vast = config.provider if isinstance(config.provider, VastProvider) else None
         self.limits = Limits(
