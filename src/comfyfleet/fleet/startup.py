@@ -128,7 +128,10 @@ async def check_models(manifest: Manifest, *, root: Path) -> CheckReport:
     report = await comfyfleet.check(manifest, root)
     bad = [e for e in report.entries if e.required and not e.ok]
     if bad:
-        lines = [f"{e.status} {e.folder}/{e.filename or '?'} {e.url}: {e.message}" for e in bad]
+        lines = []
+        for e in bad:
+            lines.append(f"{e.status} {e.folder}/{e.filename or '?'} {e.url}: {e.message}")
+            lines += [f"  suggestion: {s}" for s in e.suggestions]
         raise PreflightFailed(
             f"{len(bad)} required model(s) of the manifest would not download:\n  "
             + "\n  ".join(lines),
