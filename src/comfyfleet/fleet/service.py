@@ -115,6 +115,7 @@ class PoolService:
             dph_estimate=(vast.offers.max_dph or 0.0) if vast else 0.0,
         )
         self._offers: list[Offer] | None = None
+        self._spend = 0.0
         self.last_listing: list[ProviderInstance] = []
 
     # --- the loop ------------------------------------------------------------------------
@@ -183,6 +184,13 @@ class PoolService:
         report.requested = decision.create
         if decision.create:
             self.log(f"requesting {decision.create} instance(s): {decision.why}")
+        if launches:
+            # $/h of everything that can bill, kept current across this tick's launches
+            self._spend = hourly_spend(
+                await self.store.live(),
+                dph_estimate=self.limits.dph_estimate,
+                extra=sum(i.dph for i in result.untracked),
+            )
         for row_id in launches:
             await self._launch(row_id)
         return report
@@ -286,10 +294,8 @@ class PoolService:
         row = await self.store.get(row_id)
         if row is None or row.state is not S.REQUESTED:
             return
-        others = [r for r in await self.store.live() if r.id != row_id]
-        budget = self.config.pool.max_hourly_spend - hourly_spend(
-            others, dph_estimate=self.limits.dph_estimate
-        )
+        own = row.dph if row.dph > 0 or row.offer_id else self.limits.dph_estimate
+        budget = self.config.pool.max_hourly_spend - (self._spend - own)
         offers = await self._candidate_offers(budget)
         if not offers:
             self.log(f"{row_id}: no offer within ${budget:.2f}/h; waiting")
@@ -311,6 +317,8 @@ class PoolService:
                 state = S.CREATING
             else:
                 await self.store.update(row_id, **fields)
+            self._spend += offer.dph - own
+            own = offer.dph
             outcome = await self._create(row, offer)
             if self._offers is not None and offer in self._offers:
                 self._offers.remove(offer)  # rented, taken or in doubt: not for the next intent
