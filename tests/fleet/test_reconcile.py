@@ -91,7 +91,7 @@ def test_unknown_labelled_instance_of_ours_is_destroyed_foreign_ones_are_not() -
     ]
     mine = owned(listing, "sdxl")
     result = reconcile([], [obs(i) for i in mine], RULES, now=10)
-    assert result.actions == [Destroy("1", None, "ours, but not tracked as live")]
+    assert result.actions == [Destroy("1", None, "ours, but not tracked as live", label=L1)]
     assert [i.provider_id for i in result.untracked] == ["1"]
 
 

@@ -107,6 +107,9 @@ class Destroy:
     provider_id: str | None
     row_id: str | None
     reason: str
+    #: the label the instance is destroyed by (ssh ids are reused: touch it only if it still
+    #: carries this label); the row's label when there is a row
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,9 @@ def reconcile(
 
     untracked = [o.inst for o in observed if o.inst.provider_id not in matched]
     for inst in untracked:
-        actions.append(Destroy(inst.provider_id, None, "ours, but not tracked as live"))
+        actions.append(
+            Destroy(inst.provider_id, None, "ours, but not tracked as live", label=inst.label)
+        )
     return Reconciled(actions=actions, untracked=untracked)
 
 

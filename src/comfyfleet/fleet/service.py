@@ -235,7 +235,9 @@ class PoolService:
         elif isinstance(action, Destroy):
             if action.row_id is None:
                 if action.provider_id is not None:
-                    await self._call_destroy(action.provider_id, f"untracked: {action.reason}")
+                    await self._call_destroy(
+                        action.provider_id, action.label, f"untracked: {action.reason}"
+                    )
             elif action.row_id not in done:
                 await self._destroy(action.row_id, action.provider_id, action.reason, done)
         else:  # pragma: no cover - reconcile's Action union is closed
@@ -260,11 +262,11 @@ class PoolService:
         if row.provider_id != pid:
             await self.store.update(row_id, provider_id=pid)
         await self.store.update(row_id, destroy_attempts=row.destroy_attempts + 1)
-        await self._call_destroy(pid, f"{row_id}: {reason}")
+        await self._call_destroy(pid, row.label, f"{row_id}: {reason}")
 
-    async def _call_destroy(self, provider_id: str, why: str) -> None:
+    async def _call_destroy(self, provider_id: str, label: str | None, why: str) -> None:
         try:
-            await self.provider.destroy(provider_id)
+            await self.provider.destroy(provider_id, label=label)
             self.log(f"destroy {provider_id} sent ({why})")
         except ProviderError as exc:
             self.log(f"destroy {provider_id} failed, retrying next tick: {exc}")

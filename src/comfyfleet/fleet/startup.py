@@ -78,7 +78,9 @@ def build_provider(config: PoolConfig) -> Provider:
             for h in spec.hosts
         ]
         known = config.resolve(spec.known_hosts) if spec.known_hosts else None
-        return SshHostsProvider(hosts, pool=config.name, known_hosts=known)
+        return SshHostsProvider(
+            hosts, pool=config.name, known_hosts=known, instance_root=config.pool.instance_root
+        )
     assert isinstance(spec, LocalProvider)
     raise UsageError(
         f'{config.source}: provider.kind = "local" is not available yet',
