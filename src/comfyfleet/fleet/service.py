@@ -116,6 +116,7 @@ class PoolService:
         )
         self._offers: list[Offer] | None = None
         self._spend = 0.0
+        self._draining = False
         self.last_listing: list[ProviderInstance] = []
 
     # --- the loop ------------------------------------------------------------------------
@@ -147,6 +148,13 @@ class PoolService:
         mine = owned(listing, self.rules.pool)
         report.listed, report.owned = len(listing), len(mine)
         observed = [Observed(inst, *self.provider.health(inst)) for inst in mine]
+        if pool.draining != self._draining:
+            self._draining = pool.draining
+            self.log(
+                "pool is draining: nothing is created (pool resume clears it)"
+                if pool.draining
+                else "pool is not draining: creating again"
+            )
         launch_ok = not pool.draining and now >= pool.next_create_at
         result = reconcile(rows, observed, self.rules, now, launch=launch_ok)
 
