@@ -181,3 +181,17 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
 def test_the_pool_marker_cannot_be_overridden(tmp_path: Path) -> None:
     text = error_of(tmp_path, VAST.replace('MODE = "warm"', 'COMFYFLEET_POOL = "other"'))
     assert "provider.env: Value error" not in text and "ownership marker" in text
+
+
+def test_several_errors_stay_on_the_one_line_the_cli_prints(tmp_path: Path) -> None:
+    from comfyfleet.errors import one_line
+
+    with pytest.raises(PoolConfigError) as info:
+        load_pool_config(
+            write(
+                tmp_path,
+                VAST.replace("disk_gb = 80", "disk_gb = 2").replace("max_dph = 0.6", "max_dph = 0"),
+            )
+        )
+    line = one_line(info.value)
+    assert "\n" not in line and "provider.disk_gb:" in line and "provider.offers.max_dph:" in line

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from comfyfleet.cli.app import emit_json, pool_app, run, run_async
+from comfyfleet.cli.app import emit_json, fail, pool_app, run, run_async
 
 if TYPE_CHECKING:
     from comfyfleet.fleet.config import PoolConfig
@@ -119,7 +119,7 @@ def status(
             _print_status(doc)
         return 0
 
-    run(body)
+    run(body, json_doc={"instances": [], "spend_per_hour": None} if json_out else None)
 
 
 def status_document(
@@ -210,8 +210,7 @@ def destroy_all(
         cfg = load_pool_config(config)
         if not yes:
             if not sys.stdin.isatty():
-                print("error: destroy-all asks for confirmation: pass --yes", file=sys.stderr)
-                return 2
+                fail("destroy-all asks for confirmation; nothing was changed — pass --yes")
             if not typer.confirm(f"Destroy every instance of pool {cfg.name!r}?"):
                 print("nothing was changed", file=sys.stderr)
                 return 1

@@ -38,17 +38,20 @@ from comfyfleet.download.transfer import (
     fetch_whole,
 )
 from comfyfleet.errors import (
-    DiskFull,
+    ChecksumMismatch,
     DownloadError,
     RateLimited,
     ServerError,
     SignatureExpired,
     SourceError,
     Stalled,
+    Unreachable,
+    disk_full,
+    first_error,
 )
 from comfyfleet.manifest import DownloadSettings, ModelEntry
 from comfyfleet.redact import redact_url
-from comfyfleet.retry import backoff
+from comfyfleet.retry import RetryPolicy
 from comfyfleet.sources.base import RemoteFile
 
 #: never split a range below this (one request per MiB is pure overhead)
@@ -64,6 +67,7 @@ RETRYABLE = (
     RateLimited,
     ServerError,
     SignatureExpired,
+    Unreachable,
     TimeoutError,
     aiohttp.ClientError,
 )
@@ -71,13 +75,13 @@ RETRYABLE = (
 
 @dataclass
 class Verified:
-    """A file that landed verified at ``path``."""
+    """A file that landed verified at ``path``; ``stat`` is the landed inode's."""
 
     path: Path
     size: int
     sha256: str
     downloaded: int
-    skipped: bool = False
+    stat: os.stat_result
 
 
 #: stalls on one source before a file moves to its next mirror (when it has one)
@@ -89,29 +93,11 @@ class SourceSlow(DownloadError):
 
 
 class Hooks:
-    """What a file download reports to the scheduler (events, progress, errors.log)."""
+    """What one file's download reports to the scheduler (events, progress, errors.log)."""
 
     def started(self, dl: FileDownload, total: int | None, resumed: int) -> None: ...
     def progress(self, dl: FileDownload, n: int) -> None: ...
     def retry(self, dl: FileDownload, exc: BaseException, attempt: int, delay: float) -> None: ...
-
-
-def first_error(group: BaseExceptionGroup) -> BaseException:
-    """The most meaningful exception of a TaskGroup failure."""
-    leaves: list[BaseException] = []
-
-    def walk(g: BaseExceptionGroup) -> None:
-        for e in g.exceptions:
-            if isinstance(e, BaseExceptionGroup):
-                walk(e)
-            else:
-                leaves.append(e)
-
-    walk(group)
-    for e in leaves:
-        if not isinstance(e, asyncio.CancelledError):
-            return e
-    return leaves[0]
 
 
 class FileDownload:
@@ -152,7 +138,9 @@ class FileDownload:
         self._hash_wake = asyncio.Event()
         self._saved_at = 0.0
         self._refresh_lock = asyncio.Lock()
-        self._tx = TransferSettings(settings.stall_timeout, settings.min_speed)
+        self._tx = TransferSettings.from_settings(settings)
+        #: the one retry policy (comfyfleet.retry): data requests are retried here only
+        self.policy = RetryPolicy.for_download(settings)
 
     @property
     def done_bytes(self) -> int:
@@ -178,26 +166,29 @@ class FileDownload:
                     digest = await self._whole()
             else:
                 digest = await self._whole()
-            await asyncio.to_thread(self._verify_and_land, digest)
+            landed = await asyncio.to_thread(self._verify_and_land, digest)
         except BaseException:
             self._checkpoint(force=True)
             self.part.close()
             raise
         assert self.size is not None
-        return Verified(self.dest, self.size, digest, self.downloaded)
+        return Verified(self.dest, self.size, digest, self.downloaded, landed)
 
     # --- ranged (segmented) mode -------------------------------------------------------
 
     async def _ranged(self) -> str:
         assert self.size
-        resumed = self.part.resume_ranges()
-        self.part.open(keep=bool(resumed))
+        resumed = await asyncio.to_thread(self.part.resume_ranges)
+        await asyncio.to_thread(self.part.open, keep=bool(resumed))
         seg = self.seg = Segments(
             self.size, segment_size=self.settings.segment_size, min_split=MIN_SPLIT, done=resumed
         )
         # If-Range only when continuing bytes from an earlier run: a changed object then
         # answers 200 and we start over instead of splicing old and new bytes.
-        if_range = self.remote.etag if resumed and self._strong(self.remote.etag) else None
+        # (the validator is the sidecar's: the data server's own, learnt from its first reply)
+        if_range = (
+            self.part.identity.etag if resumed and self._strong(self.part.identity.etag) else None
+        )
         self.hooks.started(self, self.size, seg.done_bytes)
         assert self.part.fd is not None
         hasher = PrefixHasher(self.part.fd)
@@ -266,6 +257,7 @@ class FileDownload:
                     raise
                 # The object changed since the earlier run (If-Range failed): start over.
                 state["if_range"] = None
+                self.part.identity.etag = None  # the old version's: learn the new one
                 seg.reset()
                 self._checkpoint(force=True)
                 self.hooks.retry(self, DownloadError("the file changed on the server since the "
@@ -284,7 +276,7 @@ class FileDownload:
         """Count a failed attempt; raise when the budget is spent; return the wait."""
         self.attempts += 1
         self.failures = 0 if progressed else self.failures + 1
-        if self.failures > self.settings.retries:
+        if self.policy.gives_up(self.failures):
             if isinstance(exc, DownloadError | SourceError):
                 raise exc
             raise DownloadError(
@@ -302,12 +294,10 @@ class FileDownload:
         if isinstance(exc, SignatureExpired):
             await self._refresh()
         retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            delay = min(float(retry_after), 300.0)
-        elif progressed or isinstance(exc, Stalled):
+        if retry_after is None and (progressed or isinstance(exc, Stalled)):
             delay = 0.0  # resume the range at once (another connection may take it)
         else:
-            delay = backoff(self.failures - 1)
+            delay = self.policy.delay(self.failures, retry_after)
         self.hooks.retry(self, exc, self.attempts, delay)
         return delay
 
@@ -324,9 +314,8 @@ class FileDownload:
         """One stream from byte 0 (no ranges: unknown size or a server that ignores Range)."""
         self.hooks.started(self, self.size, 0)
         while True:
-            self.part.discard()
             self.seg = None
-            self.part.open(keep=False)
+            await asyncio.to_thread(self._restart_part)
             h = hashlib.sha256()
             try:
                 written = await fetch_whole(
@@ -344,9 +333,13 @@ class FileDownload:
             check_size(written, self.size, self.dest.name)
             return h.hexdigest()
 
+    def _restart_part(self) -> None:
+        self.part.discard()
+        self.part.open(keep=False)
+
     # --- verify and land ---------------------------------------------------------------
 
-    def _verify_and_land(self, digest: str) -> None:
+    def _verify_and_land(self, digest: str) -> os.stat_result:
         """Size, sha256 and content checks on the part file; then the atomic rename."""
         assert self.size is not None and self.part.fd is not None
         try:
@@ -361,15 +354,17 @@ class FileDownload:
             self.part.discard()
             raise
         try:
-            self.part.finalize()
+            return self.part.finalize()
         except OSError as exc:
-            if exc.errno == 28:
-                raise DiskFull(f"no space left to finish {self.dest}") from None
+            full = disk_full(exc, self.dest.parent)
+            if full is not None:
+                raise full from None
             raise DownloadError(f"cannot move {self.part.path} into place: {exc}") from None
 
 
-def link_or_copy(src: Path, dest: Path) -> None:
-    """Make ``dest`` the same bytes as ``src``: a hard link, else a copy; atomically."""
+def link_or_copy(src: Path, dest: Path, sha256: str | None) -> os.stat_result:
+    """Make ``dest`` the same bytes as ``src`` (a hard link, else a copy checked against
+    ``sha256``), atomically; return the stat of what landed. Blocking: run it in a thread."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.link.part")
     with contextlib.suppress(FileNotFoundError):
@@ -377,9 +372,25 @@ def link_or_copy(src: Path, dest: Path) -> None:
     try:
         os.link(src, tmp)
     except OSError:
-        import shutil
-
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        digest = _copy_hashed(src, tmp)
+        if sha256 and digest != sha256:
+            tmp.unlink()
+            raise ChecksumMismatch(
+                f"{dest.name}: the copy of {src} does not hash to {sha256}",
+                hint=f"{src} changed while it was copied; run again",
+            ) from None
+    landed = os.stat(tmp)
     os.replace(tmp, dest)
+    return landed
+
+
+def _copy_hashed(src: Path, dest: Path) -> str:
+    """Copy ``src`` to ``dest`` (fsynced), hashing the bytes as they are written."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        while chunk := fin.read(HASH_STEP):
+            h.update(chunk)
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return h.hexdigest()
