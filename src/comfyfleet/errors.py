@@ -349,6 +349,15 @@ def internal_error(exc: BaseException) -> str:
 
 
 def one_line(exc: ComfyfleetError) -> str:
-    """The first line of a comfyfleet error's message (the verdict; the rest goes to the logs)."""
-    lines = exc.message.strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    """The first line of a comfyfleet error's message (the verdict; the rest goes to the logs).
+
+    A first line that ends with ``:`` introduces a list (a manifest's or pool config's field
+    errors, the models that would not download): then the list is the verdict, joined by
+    ``; `` — "manifest.toml:" alone would tell nobody what to fix.
+    """
+    lines = [line.strip() for line in exc.message.strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} " + "; ".join(lines[1:])
+    return lines[0]
