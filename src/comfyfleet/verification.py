@@ -83,7 +83,7 @@ def provisioned_models(manifest: Manifest, root: Path) -> list[ProvisionedModel]
     verified = load_verified(root)
     out = []
     for entry in manifest.models:
-        folder_dir = manifest.comfyui_dir(root) / "models" / entry.folder
+        folder_dir = manifest.model_dir(root, entry)
         filename = entry.filename
         if filename is None:
             for key, rec in verified.items():
