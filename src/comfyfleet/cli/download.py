@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from comfyfleet.cli.app import app, emit_json, run, run_async
+from comfyfleet.cli.provision import CONTENT_STORE
 from comfyfleet.download import DownloadReport, download_all
 from comfyfleet.errors import Interrupted
 from comfyfleet.events import RunLog
@@ -36,6 +37,7 @@ def summary(report: DownloadReport) -> str:
 def download(
     manifest: Path = typer.Argument(..., help="The manifest (TOML or YAML)."),
     root: Path = typer.Option(..., "--root", help="Where ComfyUI and its models live."),
+    content_store: Path | None = CONTENT_STORE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document to stdout."),
 ) -> None:
     """Download every model of MANIFEST into ROOT, verified (exit 1 if a required one failed)."""
@@ -49,7 +51,7 @@ def download(
             with event_console() as console:
                 log.subscribe(console.on_event)
                 report = run_async(
-                    lambda: download_all(m, root, log),
+                    lambda: download_all(m, root, log, content_store=content_store),
                     resume_hint="partial downloads are kept as .part files — "
                     "run the same command again to resume",
                 )

@@ -18,6 +18,12 @@ from comfyfleet.redact import redact_text
 MANIFEST = typer.Argument(..., help="The manifest (TOML or YAML).", show_default=False)
 ROOT = typer.Option(..., "--root", help="The directory to provision (ComfyUI, models, state).")
 JSON = typer.Option(False, "--json", help="Print one JSON document on stdout (progress on stderr).")
+CONTENT_STORE = typer.Option(
+    None,
+    "--content-store",
+    help="A directory shared by several roots: models are downloaded once (per sha256) "
+    "and hard-linked into each root.",
+)
 
 
 def _err(line: str) -> None:
@@ -65,6 +71,7 @@ def provision(
     no_start: bool = typer.Option(
         False, "--no-start", help="Install and verify; don't start ComfyUI."
     ),
+    content_store: Path | None = CONTENT_STORE,
     json_out: bool = JSON,
 ) -> None:
     """Install ComfyUI, custom nodes, models and workflows; verify; start ComfyUI until ready."""
@@ -75,7 +82,12 @@ def provision(
         with event_console(render_event) as console:
             report = run_async(
                 lambda: do_provision(
-                    m, root, strict=strict or None, start=not no_start, on_event=console.on_event
+                    m,
+                    root,
+                    strict=strict or None,
+                    start=not no_start,
+                    on_event=console.on_event,
+                    content_store=content_store,
                 ),
                 resume_hint="downloads and installs done so far are kept — run provision again",
             )
