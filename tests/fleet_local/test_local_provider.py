@@ -184,3 +184,20 @@ async def test_a_killed_runner_restarted_adopts_the_running_provision(
     assert sum(json.loads(e)["event"] == "run_started" for e in events) == 1
     # exactly once across the kill: the copy is the log, no byte lost or doubled
     assert sink_path.read_bytes() == (slot.root / ".comfyfleet/provision.log").read_bytes()
+
+
+def test_pool_config_kind_local_builds_the_local_provider(tmp_path: Path) -> None:
+    from comfyfleet.fleet.config import load_pool_config
+    from comfyfleet.fleet.startup import build_provider
+
+    (tmp_path / "pool.toml").write_text(
+        '[pool]\nname = "lp"\nmanifest = "m.toml"\n'
+        '[provider]\nkind = "local"\nbase_dir = "srv"\nports = [8301, 8302]\ngpus = [0, 1]\n'
+    )
+    prov = build_provider(load_pool_config(tmp_path / "pool.toml"))
+    assert isinstance(prov, LocalProvider) and prov.kind == "local"
+    assert prov.content_store == tmp_path.resolve() / "srv" / "content"
+    assert [(s.port, s.gpu, s.dir) for s in prov.slots.values()] == [
+        (8301, 0, tmp_path.resolve() / "srv/slots/0"),
+        (8302, 1, tmp_path.resolve() / "srv/slots/1"),
+    ]

@@ -80,10 +80,9 @@ def build_provider(config: PoolConfig) -> Provider:
         known = config.resolve(spec.known_hosts) if spec.known_hosts else None
         return SshHostsProvider(hosts, pool=config.name, known_hosts=known)
     assert isinstance(spec, LocalProvider)
-    raise UsageError(
-        f'{config.source}: provider.kind = "local" is not available yet',
-        hint='use kind = "vast" or kind = "ssh"; nothing was created',
-    )
+    from comfyfleet.fleet.providers.local import LocalProvider as Local
+
+    return Local(config.resolve(spec.base_dir), spec.ports, spec.gpus, pool=config.name)
 
 
 async def first_listing(
