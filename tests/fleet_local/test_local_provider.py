@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,14 @@ from comfyfleet.fleet.errors import OfferUnavailable
 from comfyfleet.fleet.local_runner import LocalRunner
 from comfyfleet.fleet.ownership import new_label
 from comfyfleet.fleet.providers.base import POOL_ENV
-from comfyfleet.fleet.providers.local import LocalProvider, read_run, slot_manifest
-from comfyfleet.testing.demo_fixture import DemoWorld
+from comfyfleet.fleet.providers.local import (
+    RUN_ENV,
+    LocalProvider,
+    read_run,
+    slot_manifest,
+    write_run,
+)
+from comfyfleet.testing.demo_fixture import DemoWorld, write_manifest
 from comfyfleet.testing.modelserver import ModelServer
 
 from .conftest import FileSink
@@ -201,3 +208,59 @@ def test_pool_config_kind_local_builds_the_local_provider(tmp_path: Path) -> Non
         (8301, 0, tmp_path.resolve() / "srv/slots/0"),
         (8302, 1, tmp_path.resolve() / "srv/slots/1"),
     ]
+
+
+async def test_an_intent_without_a_pid_is_resolved_by_the_runs_token(
+    world: DemoWorld, provider: LocalProvider, tmp_path: Path
+) -> None:
+    """The runner died between writing its intent and recording the pid: the provision it
+    started is found by its token (and adopted); an intent that never started is started."""
+    label = (await claim_both(provider))[0]
+    slot = provider.slots["0"]
+    intent = {"label": label, "run": "feedc0de", "pid": None, "start_ticks": None, "skip": None}
+    write_run(slot, intent)
+    orphan = subprocess.Popen(
+        [sys.executable, "-m", "comfyfleet", "provision", str(slot_manifest(world.manifest_path,
+         slot)), "--root", str(slot.root), "--content-store", str(provider.content_store)],
+        env={**os.environ, RUN_ENV: "feedc0de", **slot.env}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        out = await LocalRunner(provider, world.manifest_path).provision(
+            "0", label, FileSink(tmp_path / "log0")
+        )
+    finally:
+        orphan.wait(60)
+    assert (out.outcome, out.adopted, out.ready) == ("complete", True, True)
+    assert read_run(slot)["pid"] == orphan.pid
+    events = (slot.root / ".comfyfleet/events.jsonl").read_text().splitlines()
+    assert sum(json.loads(e)["event"] == "run_started" for e in events) == 1
+
+    other = provider.slots["1"]
+    labels = [i.label for i in await provider.list_instances() if i.provider_id == "1"]
+    write_run(other, {**intent, "label": labels[0], "run": "0ddba11"})
+    out = await LocalRunner(provider, world.manifest_path).provision(
+        "1", labels[0], FileSink(tmp_path / "log1")
+    )
+    assert (out.outcome, out.adopted) == ("complete", False)
+    assert read_run(other)["run"] == "0ddba11" and read_run(other)["pid"] is not None
+
+
+async def test_a_failed_provision_reports_the_reason_from_its_marker(
+    world: DemoWorld, provider: LocalProvider, server: ModelServer, tmp_path: Path
+) -> None:
+    manifest = tomllib.loads(world.manifest_path.read_text())
+    manifest["models"].append(
+        {"url": f"{server.base_url}/files/missing.safetensors", "folder": "loras"}
+    )
+    bad = world.manifest_path.with_name("bad.toml")
+    write_manifest(bad, manifest)
+    label = (await claim_both(provider))[0]
+
+    out = await LocalRunner(provider, bad).provision("0", label, FileSink(tmp_path / "log"))
+
+    assert out.outcome == "failed" and not out.ready
+    assert out.exit_code == 1
+    assert "required model(s) failed to download" in out.reason
+    assert "missing.safetensors" in out.reason
+    assert not answers(provider.slots["0"].port)  # ComfyUI was never started

@@ -30,15 +30,19 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_hex
 from typing import Any, Literal, Protocol
 
 from comfyfleet.fleet.providers.local import (
+    RUN_ENV,
     LocalProvider,
     Slot,
+    locate_run,
     read_run,
     run_alive,
     slot_manifest,
     start_ticks,
+    write_run,
 )
 from comfyfleet.names import escape_controls
 
@@ -158,13 +162,16 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _write_record(slot: Slot, doc: Mapping[str, Any]) -> None:
-    tmp = slot.run_path.with_name(f".provision.json.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(dict(doc), fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, slot.run_path)
+def _last_line(path: Path) -> str:
+    """``": <the last non-empty line of path>"`` (what a provision that wrote no log said)."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = os.pread(fh.fileno(), 4096, max(0, size - 4096))
+    except OSError:
+        return ""
+    lines = [ln for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return f": {lines[-1].strip()[:300]}" if lines else ""
 
 
 class LocalRunner:
@@ -195,14 +202,24 @@ class LocalRunner:
         slot = self.provider.slot(provider_id)
         if slot is None:
             raise ValueError(f"no slot {escape_controls(provider_id)}")
-        record = await asyncio.to_thread(read_run, slot)
+        record = await asyncio.to_thread(lambda: locate_run(read_run(slot)))
         proc: subprocess.Popen[bytes] | None = None
         if record is not None and record.get("label") == label:
+            # This instance's provision was started (or at least intended) by an earlier runner.
             skip = tuple(record["skip"]) if record.get("skip") else None
             adopted = True
+            if record.get("pid") is None and _identity(self.log_path(slot)) in (skip, None):
+                # The intent was written, but no provision runs and none wrote a new log:
+                # it never started. Start it now, under the same intent.
+                proc = await self._start(slot, record, skip)
+                adopted = False
+            elif record.get("pid") is not None:
+                await asyncio.to_thread(write_run, slot, record)
         else:
             skip = _identity(self.log_path(slot))
-            proc = await self._start(slot, label, skip)
+            intent = {"label": label, "run": token_hex(8), "pid": None,
+                      "start_ticks": None, "skip": list(skip) if skip else None}  # fmt: skip
+            proc = await self._start(slot, intent, skip)
             adopted = False
         tail = await asyncio.to_thread(LocalTail, self.log_path(slot), sink, skip=skip)  # type: ignore[arg-type]
         code = await self._follow(tail, proc, record if adopted else None)
@@ -211,8 +228,10 @@ class LocalRunner:
         return self._outcome(tail, slot, code, adopted, status)
 
     async def _start(
-        self, slot: Slot, label: str, skip: tuple[int, int] | None
+        self, slot: Slot, intent: Mapping[str, Any], skip: tuple[int, int] | None
     ) -> subprocess.Popen[bytes]:
+        """Write the intent, start the provision, then record its pid (state before action:
+        a runner killed in between leaves an intent that :func:`locate_run` resolves)."""
         manifest = await asyncio.to_thread(slot_manifest, self.manifest, slot)
         await asyncio.to_thread(slot.root.mkdir, parents=True, exist_ok=True)
         import comfyfleet
@@ -220,8 +239,10 @@ class LocalRunner:
         needs_tokens = bool(comfyfleet.load_manifest(manifest).models)
         env = {k: v for k, v in os.environ.items() if k not in self.secrets}
         env.update(slot.env)
+        env[RUN_ENV] = str(intent["run"])
         if needs_tokens:
             env.update(self.secrets)
+        await asyncio.to_thread(write_run, slot, intent)
         # A plain Popen, not an asyncio transport: closing a transport kills its child, and
         # the provision must outlive this runner (a restarted runner adopts it).
         with (
@@ -235,9 +256,8 @@ class LocalRunner:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                 start_new_session=True,
             )  # fmt: skip
-        doc = {"label": label, "pid": proc.pid, "start_ticks": start_ticks(proc.pid),
-               "skip": list(skip) if skip else None}  # fmt: skip
-        await asyncio.to_thread(_write_record, slot, doc)
+        record = {**intent, "pid": proc.pid, "start_ticks": start_ticks(proc.pid)}
+        await asyncio.to_thread(write_run, slot, record)
         return proc
 
     async def _follow(
@@ -285,5 +305,5 @@ class LocalRunner:
         elif code < 0:
             reason = f"provision was killed by signal {-code}"
         else:
-            reason = f"provision exited with code {code}"
+            reason = f"provision exited with code {code}" + _last_line(slot.dir / "provision.err")
         return LocalOutcome("failed", escape_controls(reason), slot.url, code, adopted, status)

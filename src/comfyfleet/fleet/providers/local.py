@@ -46,6 +46,8 @@ from comfyfleet.names import escape_controls, path_under
 
 #: TERM, then KILL after this many seconds (as ``comfyfleet stop``)
 STOP_GRACE = 15.0
+#: the environment variable that names a slot's provision run (see :func:`find_run`)
+RUN_ENV = "COMFYFLEET_SLOT_RUN"
 #: labels and pool names are written into files and shown in logs: keep them plain
 _TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _SLOT = re.compile(r"^(0|[1-9][0-9]{0,3})$")
@@ -71,7 +73,7 @@ class Slot:
 
     @property
     def run_path(self) -> Path:
-        """The provision process record: ``{"label", "pid", "start_ticks"}``."""
+        """The provision record: ``{"label", "run", "pid", "start_ticks", "skip"}``."""
         return self.dir / "provision.json"
 
     @property
@@ -120,17 +122,67 @@ def start_ticks(pid: int) -> int | None:
 
 
 def read_run(slot: Slot) -> dict[str, Any] | None:
-    """The slot's provision record, or None."""
+    """The slot's provision record (``pid`` is None while only the intent is written)."""
     try:
         doc = json.loads(slot.run_path.read_text())
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("pid"), int) else None
+    if not isinstance(doc, dict) or not isinstance(doc.get("run"), str):
+        return None
+    if doc.get("pid") is not None and not isinstance(doc["pid"], int):
+        return None
+    return doc
+
+
+def write_run(slot: Slot, doc: Mapping[str, Any]) -> None:
+    """Replace the slot's provision record atomically (temp, fsync, rename)."""
+    tmp = slot.run_path.with_name(f".provision.json.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(dict(doc), fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, slot.run_path)
+
+
+def find_run(token: str) -> tuple[int, int] | None:
+    """The ``(pid, start_ticks)`` of the provision started with ``RUN_ENV=token``, if it runs.
+
+    How an intent whose pid was never recorded (the runner died between the spawn and the
+    record) is resolved. Its children (git, pip, ComfyUI) inherit the variable too: only a
+    ``-m comfyfleet provision`` command line counts.
+    """
+    needle = f"{RUN_ENV}={token}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in env and argv[1:4] == [b"-m", b"comfyfleet", b"provision"]:
+            ticks = start_ticks(int(entry.name))
+            if ticks is not None:
+                return int(entry.name), ticks
+    return None
+
+
+def locate_run(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``record`` with its pid filled in from :func:`find_run` when only the intent was
+    written (pid still None when no such process runs)."""
+    if record is None:
+        return None
+    if record.get("pid") is not None:
+        return dict(record)
+    found = find_run(str(record["run"]))
+    if found is None:
+        return dict(record)
+    return {**record, "pid": found[0], "start_ticks": found[1]}
 
 
 def run_alive(record: Mapping[str, Any] | None) -> bool:
     """Whether the recorded provision process still runs (same pid AND same start time)."""
-    if not record:
+    if not record or record.get("pid") is None:
         return False
     ticks = start_ticks(int(record["pid"]))
     return ticks is not None and ticks == record.get("start_ticks")
@@ -286,7 +338,7 @@ class LocalProvider:
 
     async def stop_slot(self, slot: Slot) -> None:
         """Stop the slot's provision (its process group) and its ComfyUI; wait until gone."""
-        record = await asyncio.to_thread(read_run, slot)
+        record = await asyncio.to_thread(lambda: locate_run(read_run(slot)))
         if run_alive(record):
             assert record is not None
             await _terminate_group(int(record["pid"]), record, self.stop_grace)
