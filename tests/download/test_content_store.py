@@ -143,3 +143,20 @@ def test_store_paths_come_from_hex_keys_only(tmp_path: Path) -> None:
     )
     assert content_key("ab" * 32, "https://host/x") == "sha256-" + "ab" * 32
     assert content_key("not-hex", "https://host/x").startswith("url-")
+
+
+def test_a_url_that_now_serves_other_bytes_is_fetched_not_linked_from_the_store(
+    tmp_path: Path, threaded_server: ModelServer
+) -> None:
+    old, new = blob(2 * MiB, seed=11), blob(2 * MiB, seed=12)  # same size, other bytes
+    url = threaded_server.add_file("v/model.safetensors", old)
+    manifest = write_manifest(tmp_path / "m.toml", [{"url": url, "folder": "checkpoints"}])
+    store = tmp_path / "content"
+    finish(download(manifest, tmp_path / "a", store, {}))
+    threaded_server.add_file("v/model.safetensors", new)  # its ETag changes with the bytes
+
+    doc = finish(download(manifest, tmp_path / "b", store, {}))
+
+    assert (model_dir(tmp_path / "b") / "model.safetensors").read_bytes() == new
+    assert doc["files"][0]["sha256"] == sha(new) and doc["files"][0]["downloaded"] == len(new)
+    assert (model_dir(tmp_path / "a") / "model.safetensors").read_bytes() == old

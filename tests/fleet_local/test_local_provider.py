@@ -193,7 +193,9 @@ async def test_a_killed_runner_restarted_adopts_the_running_provision(
     assert sink_path.read_bytes() == (slot.root / ".comfyfleet/provision.log").read_bytes()
 
 
-def test_pool_config_kind_local_builds_the_local_provider(tmp_path: Path) -> None:
+def test_pool_config_kind_local_builds_the_local_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from comfyfleet.fleet.config import load_pool_config
     from comfyfleet.fleet.startup import build_provider
 
@@ -201,13 +203,19 @@ def test_pool_config_kind_local_builds_the_local_provider(tmp_path: Path) -> Non
         '[pool]\nname = "lp"\nmanifest = "m.toml"\n'
         '[provider]\nkind = "local"\nbase_dir = "srv"\nports = [8301, 8302]\ngpus = [0, 1]\n'
     )
-    prov = build_provider(load_pool_config(tmp_path / "pool.toml"))
+    config = load_pool_config(tmp_path / "pool.toml")
+    prov = build_provider(config)
     assert isinstance(prov, LocalProvider) and prov.kind == "local"
     assert prov.content_store == tmp_path.resolve() / "srv" / "content"
     assert [(s.port, s.gpu, s.dir) for s in prov.slots.values()] == [
         (8301, 0, tmp_path.resolve() / "srv/slots/0"),
         (8302, 1, tmp_path.resolve() / "srv/slots/1"),
     ]
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.delenv("CIVITAI_TOKEN", raising=False)
+    runner = LocalRunner.for_pool(config, prov)
+    assert runner.secrets == {"HF_TOKEN": "hf_secret"}  # the pool's names that are set
+    assert runner.manifest == tmp_path.resolve() / "m.toml"
 
 
 async def test_an_intent_without_a_pid_is_resolved_by_the_runs_token(

@@ -3,7 +3,7 @@
 Models shared by instances are downloaded once and hard-linked into every root. Layout::
 
     DIR/sha256/<ab>/<sha256>     the verified bytes (one inode, linked into each root)
-    DIR/urls/<key>.json          {"sha256", "size", "url"}: what a URL without a known sha256 held
+    DIR/urls/<key>.json          {"sha256", "size", "url", "etag"}: what a URL last held
     DIR/locks/<key>.lock         flock per content: sha256-<hex> when the sha256 is known up
                                  front, else url-<hash of the normalised URL>
 
@@ -105,8 +105,9 @@ class ContentStore:
 
     # --- reading (blocking) -------------------------------------------------------------
 
-    def sha256_for_url(self, url: str, size: int | None) -> str | None:
-        """The sha256 a URL was last stored as (None when unknown or the size now differs)."""
+    def sha256_for_url(self, url: str, size: int | None, etag: str | None = None) -> str | None:
+        """The sha256 a URL was last stored as; None when unknown, or when the server's size
+        or ETag now differs (the URL serves other bytes than it did)."""
         try:
             doc = json.loads(self._url_record(url).read_text())
         except (OSError, ValueError):
@@ -114,6 +115,8 @@ class ContentStore:
         if not isinstance(doc, dict) or not _SHA256.fullmatch(str(doc.get("sha256", ""))):
             return None
         if size is not None and doc.get("size") != size:
+            return None
+        if etag and doc.get("etag") and doc["etag"] != etag:
             return None
         return str(doc["sha256"])
 
@@ -137,7 +140,9 @@ class ContentStore:
 
     # --- writing (blocking) -------------------------------------------------------------
 
-    def put(self, verified: Path, sha256: str, size: int, url: str) -> StoreEntry:
+    def put(
+        self, verified: Path, sha256: str, size: int, url: str, etag: str | None = None
+    ) -> StoreEntry:
         """Enter a file the engine has just verified (its ``sha256`` and ``size``) into the
         store, atomically; remember what ``url`` held. Call with the content's lock held."""
         dest = self.object_path(sha256)
@@ -145,6 +150,6 @@ class ContentStore:
             link_or_copy(verified, dest, sha256)
         record = self._url_record(url)
         record.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"sha256": sha256.lower(), "size": size, "url": normalised_url(url)}
+        doc = {"sha256": sha256.lower(), "size": size, "url": normalised_url(url), "etag": etag}
         write_atomic(record, json.dumps(doc, sort_keys=True) + "\n")
         return StoreEntry(dest, sha256.lower(), size)

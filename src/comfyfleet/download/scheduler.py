@@ -521,7 +521,9 @@ class DownloadRun:
         assert store is not None and file.dest is not None
         size = file.entry.size or remote.size
         async with store.hold(content_key(sha, file.entry.url)):
-            known = sha or await asyncio.to_thread(store.sha256_for_url, file.entry.url, size)
+            known = sha or await asyncio.to_thread(
+                store.sha256_for_url, file.entry.url, size, remote.etag
+            )
             entry = await asyncio.to_thread(store.find, known, size) if known else None
             if entry is not None:
                 st = await asyncio.to_thread(store.link_out, entry, file.dest)
@@ -531,7 +533,9 @@ class DownloadRun:
                 return v
             v = await transfer()
             try:
-                await asyncio.to_thread(store.put, v.path, v.sha256, v.size, file.entry.url)
+                await asyncio.to_thread(
+                    store.put, v.path, v.sha256, v.size, file.entry.url, remote.etag
+                )
             except OSError as exc:  # the file is verified in this root; only sharing is lost
                 self.log.error(job.key, f"not added to the content store: {exc}")
             return v

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from secrets import token_hex
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from comfyfleet.fleet.providers.local import (
     RUN_ENV,
@@ -45,6 +45,9 @@ from comfyfleet.fleet.providers.local import (
     write_run,
 )
 from comfyfleet.names import escape_controls
+
+if TYPE_CHECKING:
+    from comfyfleet.fleet.config import PoolConfig
 
 Checkpoint = dict[str, Any]
 #: bytes read from the log in one step (one chunk handed to the sink)
@@ -191,6 +194,12 @@ class LocalRunner:
         self.secrets = dict(secrets or {})
         self.python = python
         self.poll = poll
+
+    @classmethod
+    def for_pool(cls, config: PoolConfig, provider: LocalProvider) -> LocalRunner:
+        """The runner of a pool: its manifest, and its ``secrets`` from our environment."""
+        secrets = {n: os.environ[n] for n in config.pool.secrets if os.environ.get(n)}
+        return cls(provider, config.manifest_path, secrets=secrets)
 
     def log_path(self, slot: Slot) -> Path:
         """The slot's ``ROOT/.comfyfleet/provision.log``."""
