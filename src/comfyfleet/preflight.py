@@ -19,6 +19,7 @@ import aiohttp
 from comfyfleet.errors import NotFound, SourceError
 from comfyfleet.manifest import Manifest, ModelEntry
 from comfyfleet.redact import redact_text, redact_url
+from comfyfleet.retry import RetryPolicy
 from comfyfleet.sources import (
     CivitaiFile,
     closest_paths,
@@ -67,6 +68,8 @@ class EntryResult:
     api_filename: str | None = None
     #: things that will not stop the download but deserve a look
     warnings: list[str] = field(default_factory=list)
+    #: notes about the entry's host rather than the file (a token withheld over plain http)
+    host_warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -89,7 +92,7 @@ class DiskResult:
 
 
 @dataclass
-class NodeResult:
+class NodePin:
     """A ``[[nodes]]`` entry: pinned or not."""
 
     repo: str
@@ -104,7 +107,7 @@ class CheckReport:
 
     entries: list[EntryResult]
     disk: DiskResult
-    nodes: list[NodeResult] = field(default_factory=list)
+    nodes: list[NodePin] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -117,7 +120,8 @@ class CheckReport:
                if not e.ok and not e.required]  # fmt: skip
         out += [f"{n.repo}: {n.message}" for n in self.nodes if n.status == "unpinned"]
         out += [f"{e.filename}: {w}" for e in self.entries for w in e.warnings]
-        return out
+        out += [w for e in self.entries for w in e.host_warnings]
+        return list(dict.fromkeys(out))  # a host's note once, however many files it serves
 
     def to_json(self) -> dict[str, Any]:
         disk = asdict(self.disk) | {"sufficient": self.disk.sufficient}
@@ -143,7 +147,9 @@ async def _suggest(session: aiohttp.ClientSession, url: str) -> list[str]:
     return [resolve_url_for(loc, p, url) for p in closest_paths(loc.path, files)]
 
 
-async def check_entry(session: aiohttp.ClientSession, entry: ModelEntry) -> EntryResult:
+async def check_entry(
+    session: aiohttp.ClientSession, entry: ModelEntry, policy: RetryPolicy | None = None
+) -> EntryResult:
     """Probe one entry; every failure becomes a status with a message saying what to do."""
     result = EntryResult(
         url=redact_url(entry.url),
@@ -156,7 +162,7 @@ async def check_entry(session: aiohttp.ClientSession, entry: ModelEntry) -> Entr
         kind=kind_of(entry.url),
     )
     try:
-        remote = await resolve(session, entry)
+        remote = await resolve(session, entry, policy=policy, notes=result.host_warnings)
     except SourceError as exc:
         result.status = exc.status
         result.message = redact_text(str(exc))
@@ -222,15 +228,15 @@ def check_disk(manifest: Manifest, root: Path, entries: list[EntryResult]) -> Di
     return DiskResult(str(where), free, needed, headroom, unknown)
 
 
-def check_nodes(manifest: Manifest) -> list[NodeResult]:
+def check_nodes(manifest: Manifest) -> list[NodePin]:
     """Pinned or not, per node (an unpinned node installs whatever its branch is today)."""
     out = []
     for node in manifest.nodes:
         if node.ref:
-            out.append(NodeResult(redact_url(node.repo), node.ref, "pinned"))
+            out.append(NodePin(redact_url(node.repo), node.ref, "pinned"))
         else:
             out.append(
-                NodeResult(
+                NodePin(
                     redact_url(node.repo),
                     None,
                     "unpinned",
@@ -245,7 +251,7 @@ def new_session(concurrency: int = DEFAULT_CONCURRENCY) -> aiohttp.ClientSession
     """A session for probing: no total timeout (each probe has its own), bounded connections."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=concurrency * 2, limit_per_host=concurrency),
-        timeout=aiohttp.ClientTimeout(total=None, connect=15, sock_read=30),
+        timeout=aiohttp.ClientTimeout(total=None),  # per request: RetryPolicy's timeouts
     )
 
 
@@ -255,13 +261,14 @@ async def check_manifest(
     """Probe every model of ``manifest`` (at most ``concurrency`` at once), check the disk
     under ``root`` and the nodes' pins. Downloads nothing; never raises for a bad entry."""
     gate = asyncio.Semaphore(concurrency)
+    policy = RetryPolicy.for_check(manifest.download)
     results: list[EntryResult | None] = [None] * len(manifest.models)
 
     async with new_session(concurrency) as session:
 
         async def probe(i: int, entry: ModelEntry) -> None:
             async with gate:
-                results[i] = await check_entry(session, entry)
+                results[i] = await check_entry(session, entry, policy)
 
         async with asyncio.TaskGroup() as tg:
             for i, entry in enumerate(manifest.models):

@@ -40,18 +40,9 @@ def import_(
 def _from_workflow(path: Path) -> str:
     import tomli_w
 
-    try:
-        from comfyfleet.install.workflows import manifest_from_workflow
-    except ImportError:
-        raise UsageError(
-            "importing a workflow JSON is not available in this build",
-            hint="import a legacy bash script instead, or write the manifest by hand",
-        ) from None
+    from comfyfleet.install.workflows import manifest_from_workflow, unresolved_models
+
     text = tomli_w.dumps(manifest_from_workflow(path))
-    try:
-        from comfyfleet.install.workflows import unresolved_models
-    except ImportError:
-        return text
     missing = unresolved_models(path)
     if missing:
         text += "\n# Needed by the workflow but without a URL (add [[models]] entries by hand):\n"
