@@ -174,8 +174,11 @@ async def provision(
     start: bool = True,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     start_timeout: float = runtime.START_TIMEOUT,
+    content_store: Path | None = None,
 ) -> ProvisionReport:
     """Provision ``root`` from ``manifest``; never raises for a failed step (see ``report.ok``).
+
+    ``content_store``: a directory shared with other roots (models fetched once, hard-linked).
 
     Cancellation propagates (after the run is recorded as failed, so the marker and the
     sentinel say so); the CLI turns it into exit 130.
@@ -207,6 +210,7 @@ async def provision(
             strict=strict,
             start=start,
             start_timeout=start_timeout,
+            content_store=content_store,
         )
         report.ok = True
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -247,6 +251,7 @@ async def _provision(
     strict: bool,
     start: bool,
     start_timeout: float,
+    content_store: Path | None = None,
 ) -> None:
     phase = _Phases(log, report)
 
@@ -272,7 +277,7 @@ async def _provision(
 
     async def downloads() -> None:
         async with phase("download"):
-            report.download = await download_all(manifest, root, log)
+            report.download = await download_all(manifest, root, log, content_store=content_store)
 
     async def install() -> None:
         nonlocal commit

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from comfyfleet.cli.app import app, emit_json, run, run_async
-from comfyfleet.cli.provision import WAIT_LOCK, locked_root
+from comfyfleet.cli.provision import CONTENT_STORE, WAIT_LOCK, locked_root
 from comfyfleet.errors import Interrupted
 from comfyfleet.progress import event_console
 from comfyfleet.units import format_size
@@ -39,6 +39,7 @@ def download(
     manifest: Path = typer.Argument(..., help="The manifest (TOML or YAML)."),
     root: Path = typer.Option(..., "--root", help="Where ComfyUI and its models live."),
     wait_lock: bool = WAIT_LOCK,
+    content_store: Path | None = CONTENT_STORE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document to stdout."),
 ) -> None:
     """Download every model of MANIFEST into ROOT, verified (exit 1 if a required one failed)."""
@@ -57,7 +58,7 @@ def download(
                 with event_console() as console:
                     log.subscribe(console.on_event)
                     report = run_async(
-                        lambda: download_all(m, root, log),
+                        lambda: download_all(m, root, log, content_store=content_store),
                         resume_hint="partial downloads are kept as .part files — "
                         "run the same command again to resume",
                     )

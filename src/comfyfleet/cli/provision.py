@@ -30,6 +30,12 @@ WAIT_LOCK = typer.Option(
 )
 #: seconds ``stop`` gives a run holding the lock to end after SIGTERM before it is killed
 STOP_RUN_GRACE = 60.0
+CONTENT_STORE = typer.Option(
+    None,
+    "--content-store",
+    help="A directory shared by several roots: models are downloaded once (per sha256) "
+    "and hard-linked into each root.",
+)
 
 
 def _err(line: str) -> None:
@@ -113,6 +119,7 @@ def provision(
         help='Read tokens as a JSON object (e.g. {"HF_TOKEN": "..."}) from stdin; '
         "only the downloads get them, never the environment of git, pip or ComfyUI.",
     ),
+    content_store: Path | None = CONTENT_STORE,
     json_out: bool = JSON,
 ) -> None:
     """Install ComfyUI, custom nodes, models and workflows; verify; start ComfyUI until ready."""
@@ -130,7 +137,12 @@ def provision(
         ):
             report = run_async(
                 lambda: do_provision(
-                    m, root, strict=strict or None, start=not no_start, on_event=console.on_event
+                    m,
+                    root,
+                    strict=strict or None,
+                    start=not no_start,
+                    on_event=console.on_event,
+                    content_store=content_store,
                 ),
                 resume_hint="downloads and installs done so far are kept — run provision again",
             )

@@ -82,10 +82,9 @@ def build_provider(config: PoolConfig) -> Provider:
             hosts, pool=config.name, known_hosts=known, instance_root=config.pool.instance_root
         )
     assert isinstance(spec, LocalProvider)
-    raise UsageError(
-        f'{config.source}: provider.kind = "local" is not available yet',
-        hint='use kind = "vast" or kind = "ssh"; nothing was created',
-    )
+    from comfyfleet.fleet.providers.local import LocalProvider as Local
+
+    return Local(config.resolve(spec.base_dir), spec.ports, spec.gpus, pool=config.name)
 
 
 async def first_listing(
