@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from comfyfleet.errors import ManifestError
+from comfyfleet.names import UnsafeName, plain_subpath
 from comfyfleet.units import parse_duration, parse_size
 
 #: ComfyUI's core model folder keys (folder_paths.py; reference/provisioning_anchors.md §3.1)
@@ -50,6 +51,8 @@ MODEL_EXTENSIONS: frozenset[str] = frozenset(
 DEFAULT_COMFYUI_REPO = "https://github.com/comfyanonymous/ComfyUI.git"
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+#: a Comfy Registry node id (``comfyui-impact-pack``, ``ComfyUI-GGUF``)
+REGISTRY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
@@ -152,6 +155,7 @@ class ModelEntry(_Strict):
     size: Size | None = None
     required: bool = True
     mirrors: list[str] = Field(default_factory=list)
+    subfolder: str = ""
 
     @field_validator("url", "mirrors")
     @classmethod
@@ -165,6 +169,16 @@ class ModelEntry(_Strict):
     @classmethod
     def _plain_filename(cls, v: str | None) -> str | None:
         return None if v is None else check_filename(v)
+
+    @field_validator("subfolder")
+    @classmethod
+    def _plain_subfolder(cls, v: str) -> str:
+        try:
+            plain_subpath(v)
+        except UnsafeName as exc:
+            hint = "plain names joined by '/', e.g. 'SDXL' or 'ACE/v2'"
+            raise ValueError(f"{exc} ({hint})") from None
+        return v
 
     @field_validator("sha256")
     @classmethod
@@ -180,18 +194,43 @@ class ModelEntry(_Strict):
         """The canonical ComfyUI folder key this file is listed under."""
         return canonical_folder(self.folder)
 
+    def listed_as(self, filename: str) -> str:
+        """The name ComfyUI lists the file under in its folder: ``<subfolder>/<filename>``."""
+        return f"{self.subfolder}/{filename}" if self.subfolder else filename
+
 
 class NodeEntry(_Strict):
     """A custom node repository to install into ``custom_nodes/``."""
 
-    repo: str
+    repo: str | None = None
+    #: a Comfy Registry id, resolved to ``repo`` by check and provision (when ``repo`` is absent)
+    registry_id: str | None = None
     ref: str | None = None
     critical: bool = False
     classes: list[str] = Field(default_factory=list)
 
+    @field_validator("registry_id")
+    @classmethod
+    def _registry_id(cls, v: str | None) -> str | None:
+        if v is not None and not REGISTRY_ID.match(v):
+            raise ValueError(
+                f"{v!r} is not a Comfy Registry id (letters, digits, '-', '_', '.'; "
+                "e.g. 'comfyui-impact-pack')"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _repo_or_registry_id(self) -> NodeEntry:
+        if not self.repo and not self.registry_id:
+            raise ValueError('needs repo = "<git URL>" or registry_id = "<Comfy Registry id>"')
+        return self
+
     @property
     def name(self) -> str:
-        """The directory name under ``custom_nodes/`` (the repo's last path segment)."""
+        """The directory name under ``custom_nodes/`` (the repo's last path segment, else the
+        registry id)."""
+        if not self.repo:
+            return self.registry_id or "node"
         tail = self.repo.rstrip("/").rsplit("/", 1)[-1]
         return tail.removesuffix(".git") or "node"
 
@@ -258,11 +297,11 @@ class Manifest(_Strict):
         seen: dict[tuple[str, str], int] = {}
         for i, entry in enumerate(self.models):
             if entry.filename:
-                where = (entry.folder, entry.filename)
+                where = (entry.folder, entry.listed_as(entry.filename))
                 if where in seen:
                     raise _FieldError(
                         ("models", i, "filename"),
-                        f"{entry.folder}/{entry.filename} is already provided by "
+                        f"{entry.folder}/{where[1]} is already provided by "
                         f"models[{seen[where]}]; remove one of the two entries",
                     )
                 seen[where] = i
@@ -277,8 +316,9 @@ class Manifest(_Strict):
         return root / self.comfyui.path
 
     def model_path(self, root: Path, entry: ModelEntry, filename: str) -> Path:
-        """Where ``entry`` lands: ``ROOT/<comfyui.path>/models/<folder>/<filename>``."""
-        return self.comfyui_dir(root) / "models" / entry.folder / check_filename(filename)
+        """Where ``entry`` lands: ``ROOT/<comfyui.path>/models/<folder>/[<subfolder>/]<name>``."""
+        folder = self.comfyui_dir(root) / "models" / entry.folder
+        return folder.joinpath(*plain_subpath(entry.subfolder), check_filename(filename))
 
     def workflow_source(self, entry: WorkflowEntry) -> Path:
         """The workflow file on disk, relative to the manifest's directory."""

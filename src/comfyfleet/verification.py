@@ -83,7 +83,8 @@ def provisioned_models(manifest: Manifest, root: Path) -> list[ProvisionedModel]
     verified = load_verified(root)
     out = []
     for entry in manifest.models:
-        folder_dir = manifest.comfyui_dir(root) / "models" / entry.folder
+        # the directory the file lands in: models/<folder>/[<subfolder>/]
+        folder_dir = manifest.model_path(root, entry, "x").parent
         filename = entry.filename
         if filename is None:
             for key, rec in verified.items():
@@ -138,7 +139,7 @@ async def verify(
     report = VerifyReport(strict=manifest.validate_.strict if strict is None else strict)
     for model in provisioned_models(manifest, root):
         entry = model.entry
-        name = f"model {entry.folder}/{model.filename or '(name from server)'}"
+        name = f"model {entry.folder}/{entry.listed_as(model.filename or '(name from server)')}"
         bad = "fail" if entry.required else "warn"
         if model.path is None or not model.path.exists():
             report.add(name, bad, "missing" + ("" if entry.required else " (required = false)"))

@@ -24,6 +24,7 @@ from comfyfleet.install.comfyui import (
 )
 from comfyfleet.install.git import ensure_checkout
 from comfyfleet.install.process import run_command
+from comfyfleet.install.registry import registry_repo
 from comfyfleet.manifest import Manifest, NodeEntry
 from comfyfleet.redact import redact_url
 
@@ -76,11 +77,16 @@ async def install_nodes(
     pip_lock = pip_lock or asyncio.Lock()
     clone_slots = asyncio.Semaphore(CLONE_CONCURRENCY)
     results = [
-        NodeResult(repo=n.repo, ref=n.ref, name=n.name, critical=n.critical) for n in manifest.nodes
+        NodeResult(repo=n.repo or "", ref=n.ref, name=n.name, critical=n.critical)
+        for n in manifest.nodes
     ]
 
     async def one(entry: NodeEntry, result: NodeResult) -> None:
         try:
+            if not entry.repo and entry.registry_id:  # a Comfy Registry id: find its repo first
+                repo = await registry_repo(entry.registry_id, root)
+                entry = entry.model_copy(update={"repo": repo})
+                result.repo = repo
             await _install_one(
                 entry, result, custom_nodes / entry.name, root, log, env, clone_slots, pip_lock
             )

@@ -241,7 +241,7 @@ def manifest_provides(manifest: Manifest) -> set[tuple[str, str]]:
     for entry in manifest.models:
         filename = entry.filename or _url_filename(entry.url)
         if filename:
-            provided.add((entry.key, filename))
+            provided.add((entry.key, entry.listed_as(filename)))
     return provided
 
 
@@ -267,10 +267,10 @@ def missing_models(
 
 def _on_disk(manifest: Manifest, root: Path, need: ModelNeed) -> bool:
     models = manifest.comfyui_dir(root) / "models"
-    names = {need.key, need.directory or need.key}
-    names |= {
-        a for a, t in {"unet": "diffusion_models", "clip": "text_encoders"}.items() if t == need.key
-    }
+    names = {need.key} | {a for a, t in FOLDER_ALIASES.items() if t == need.key}
+    if need.directory and canonical_folder(need.directory) == need.key:
+        names.add(need.directory)
+    # need.filename may carry a subfolder ("SDXL/x.safetensors"), as ComfyUI lists it
     return any((models / n / need.filename).is_file() for n in names)
 
 
