@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from comfyfleet.errors import WorkflowError
 from comfyfleet.events import write_atomic
-from comfyfleet.manifest import CORE_FOLDERS, FOLDER_ALIASES, Manifest, canonical_folder
+from comfyfleet.manifest import FOLDER_ALIASES, Manifest, canonical_folder
 
 #: loader class → its file inputs: (input name, widget index in UI format, folder key)
 LOADER_INPUTS: dict[str, list[tuple[str, int, str]]] = {
@@ -396,49 +396,3 @@ def install_workflows(manifest: Manifest, root: Path) -> list[Path]:
             write_atomic(dest, payload, fsync=False)
         installed.append(dest)
     return installed
-
-
-# --- import --------------------------------------------------------------------------------
-
-
-def manifest_from_workflow(path: str | Path) -> dict[str, Any]:
-    """A manifest (as a dict, ready for TOML) providing every model the workflow lists with a URL.
-
-    Models named only by a loader widget (no URL in ``properties.models``) cannot be fetched;
-    they are listed by :func:`unresolved_models` so the caller can tell the user.
-    """
-    path = Path(path)
-    workflow = load_workflow(path)
-    models: list[dict[str, Any]] = []
-    extra: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    for need in model_needs(workflow):
-        if not need.url or (need.key, need.filename) in seen:
-            continue
-        seen.add((need.key, need.filename))
-        folder = need.directory or need.key
-        entry: dict[str, Any] = {"url": need.url, "folder": folder}
-        if "/" not in need.filename:
-            entry["filename"] = need.filename
-        if need.sha256:
-            entry["sha256"] = need.sha256
-        if folder not in CORE_FOLDERS and folder not in FOLDER_ALIASES and folder not in extra:
-            extra.append(folder)
-        models.append(entry)
-    manifest: dict[str, Any] = {"version": 1}
-    if extra:
-        manifest["comfyui"] = {"extra_folders": extra}
-    manifest["models"] = models
-    manifest["workflows"] = [{"path": str(path)}]
-    return manifest
-
-
-def unresolved_models(path: str | Path) -> list[str]:
-    """Models the workflow needs that carry no URL (``node 4 (VAELoader) needs vae/x``)."""
-    workflow = load_workflow(Path(path))
-    with_url = {(n.key, n.filename) for n in model_needs(workflow) if n.url}
-    return [
-        n.describe()
-        for n in model_needs(workflow)
-        if not n.url and (n.key, n.filename) not in with_url
-    ]
