@@ -48,6 +48,7 @@ from comfyfleet.importers.shell import (
     expand,
     lex,
     marker,
+    readable,
     unquote,
 )
 from comfyfleet.manifest import CORE_FOLDERS, FOLDER_ALIASES
@@ -496,7 +497,7 @@ class _Reader:
             loc = locate(dl.path, is_file=not dl.is_dir)
         except NotAModelPath as exc:
             if not self.helper([dl.path]):
-                self.result.skip(cmd.line, text, f"{exc}: {dl.path.replace(UNRESOLVED, '$')}")
+                self.result.skip(cmd.line, text, f"{exc}: {readable(dl.path)}")
             return
         filename = dl.filename or loc.filename
         self.add(url, loc, filename, notes, cmd.line, self.tag, cmd.line)
@@ -597,7 +598,7 @@ class _Reader:
             return
         if arr.name in OTHER_ARRAYS:
             for item in arr.items:
-                self.result.skip(item.word.line, f"{arr.name}: {self.x(item.word)}",
+                self.result.skip(item.word.line, f"{arr.name}: {readable(self.x(item.word))}",
                                  OTHER_ARRAYS[arr.name])  # fmt: skip
             return
         targets: list[tuple[Location, int, _Tag | None]] = []
@@ -605,7 +606,7 @@ class _Reader:
             try:
                 targets.append((locate(path, is_file=False), line, tag))
             except NotAModelPath as exc:
-                self.result.skip(line, f"{arr.name} → {path.replace(UNRESOLVED, '$')}", str(exc))
+                self.result.skip(line, f"{arr.name} → {readable(path)}", str(exc))
         by_name = ARRAY_FOLDERS.get(arr.name)
         if not targets and by_name:
             targets = [(Location(by_name), arr.line, None)]
@@ -638,7 +639,7 @@ class _Reader:
                 head, tail = url.rsplit(":", 1)
                 if "/" not in tail and looks_like_file(tail):
                     url, filename = head, tail
-        shown = f"{arr.name}: {value}"
+        shown = f"{arr.name}: {readable(value)}"
         clean, notes = clean_url(url)
         if clean is None:
             if not (item.in_function and UNRESOLVED in value):

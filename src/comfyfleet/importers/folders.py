@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from comfyfleet.manifest import CORE_FOLDERS, FOLDER_ALIASES, MODEL_EXTENSIONS, check_filename
-from comfyfleet.names import UnsafeName, plain_name
+from comfyfleet.names import UnsafeName, escape_controls, plain_name
 
 #: ai-dock's storage directory names → the ComfyUI folder they are linked to
 LEGACY_STORAGE: dict[str, str] = {
@@ -60,6 +60,8 @@ def split_relative(rel: str, *, is_file: bool) -> Location:
     parts = [p for p in rel.replace("\\", "/").split("/") if p not in ("", ".")]
     if UNRESOLVED in rel:
         raise NotAModelPath("uses a shell variable the importer cannot resolve")
+    if rel.startswith(("/", "\\")):
+        raise NotAModelPath(f"refused: {escape_controls(rel)!r} is an absolute path")
     if not parts or (is_file and len(parts) < 2):
         raise NotAModelPath("names no folder under models/")
     try:

@@ -373,10 +373,10 @@ def expand(raw: str, lookup: Lookup, *, keep_dollar: bool = False) -> str:
                 out.append(raw[i + 1])
             i += 2
         elif ch == "$":
-            if raw.startswith("$'", i):
+            if raw.startswith("$'", i):  # ANSI-C quoting: backslash escapes are decoded
                 j = raw.find("'", i + 2)
                 j = n if j < 0 else j
-                out.append(raw[i + 2 : j])
+                out.append(_ansi_c(raw[i + 2 : j]))
                 i = j + 1
             else:
                 text, i = _dollar(raw, i, lookup, keep_dollar)
@@ -389,6 +389,18 @@ def expand(raw: str, lookup: Lookup, *, keep_dollar: bool = False) -> str:
             out.append(ch)
             i += 1
     return "".join(out)
+
+
+def _ansi_c(body: str) -> str:
+    try:
+        return body.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError:
+        return body
+
+
+def readable(value: str) -> str:
+    """``value`` with unresolved markers shown as ``${NAME}`` again (for messages)."""
+    return re.sub(f"{UNRESOLVED}([^{UNRESOLVED}]*){UNRESOLVED}", r"${\1}", value)
 
 
 def _closing(raw: str, i: int, opening: str, closing: str) -> int:

@@ -114,10 +114,13 @@ class _WorkflowReader:
             try:
                 if not directory:
                     raise NotAModelPath("no directory (folder) given")
+                try:
+                    plain_name(directory, what="directory")
+                except UnsafeName as exc:
+                    raise NotAModelPath(
+                        f"refused: {exc} (a folder key is one plain name)"
+                    ) from None
                 loc = split_relative(f"{directory}/{sub}/{name}", is_file=True)
-                if "/" in directory.replace("\\", "/").strip("/"):
-                    raise NotAModelPath(f"directory {escape_controls(directory)!r} refused: "
-                                        "a folder key is one plain name")  # fmt: skip
             except NotAModelPath as exc:
                 self.result.skip(0, shown, f"{exc}; a shared workflow may not choose where "
                                  "files land outside ComfyUI's model folders")  # fmt: skip

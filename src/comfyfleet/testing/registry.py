@@ -5,12 +5,18 @@ It follows the documented API (docs.comfy.org, "Retrieve a specific node by ID")
 ``latest_version: {version, ...}``, ...) or 404 for an unknown id. ``fail_with`` makes every
 answer a given status (a registry having a bad day). Point comfyfleet at it with
 :meth:`RegistryServer.endpoint_env` (``COMFY_REGISTRY_ENDPOINT``).
+
+It also stands in for the code host the records point at (GitHub): :meth:`host_repo` serves
+a bare repository over git's "dumb" HTTP protocol, so a registry id resolves to an
+``http://`` repository that ``git clone`` really fetches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +33,7 @@ class RegistryServer:
         self.requests: list[str] = []
         #: when set, every request answers this status
         self.fail_with: int | None = None
+        self.repos: dict[str, Path] = {}
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -56,6 +63,23 @@ class RegistryServer:
             record["repository"] = repository
         self.nodes[node_id] = record
 
+    def host_repo(self, name: str, bare: Path) -> str:
+        """Serve the bare repository ``bare`` at ``/git/<name>.git``; return its URL."""
+        subprocess.run(["git", "update-server-info"], cwd=bare, check=True, capture_output=True)
+        self.repos[name] = Path(bare)
+        return f"{self.base_url}/git/{name}.git"
+
+    async def _git(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(request.path)
+        bare = self.repos.get(request.match_info["name"])
+        rel = request.match_info["path"]
+        if bare is None or ".." in rel.split("/"):
+            raise web.HTTPNotFound()
+        path = bare / rel
+        if not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
     async def _node(self, request: web.Request) -> web.Response:
         self.requests.append(request.path)
         if self.fail_with is not None:
@@ -69,6 +93,7 @@ class RegistryServer:
         """Start serving on the loopback interface (a free port)."""
         app = web.Application()
         app.router.add_get("/nodes/{node_id}", self._node)
+        app.router.add_get("/git/{name}.git/{path:.+}", self._git)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
