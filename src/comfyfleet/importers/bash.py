@@ -51,7 +51,8 @@ from comfyfleet.importers.shell import (
     readable,
     unquote,
 )
-from comfyfleet.manifest import CORE_FOLDERS, FOLDER_ALIASES
+from comfyfleet.manifest import CORE_FOLDERS, FOLDER_ALIASES, check_filename
+from comfyfleet.names import plain_name
 
 #: array name → ComfyUI folder key (ai-dock's names, and the usual variants)
 ARRAY_FOLDERS: dict[str, str] = {
@@ -513,6 +514,12 @@ class _Reader:
         at: int,
     ) -> None:
         notes = list(notes)
+        if filename is not None:
+            try:
+                check_filename(plain_name(filename, what="filename"))
+            except ValueError as exc:  # UnsafeName is a ValueError too
+                self.result.skip(line, f"{readable(url)} → {filename}", f"refused: {exc}")
+                return
         if loc.node_folder:
             notes.append(f"{loc.folder!r} is not a ComfyUI core folder: a custom node "
                          "registers it (listed in comfyui.extra_folders)")  # fmt: skip
@@ -711,4 +718,6 @@ class _Reader:
 
 def import_bash_script(text: str, source: str = "script") -> ImportResult:
     """Read a provisioning script statically; what it downloads, clones and what was skipped."""
-    return _Reader(source).read(text)
+    # NUL cannot occur in a bash string; it marks unresolved variables here, so a stray one
+    # becomes another control character, which the plain-name rule refuses
+    return _Reader(source).read(text.replace(UNRESOLVED, "\x01"))

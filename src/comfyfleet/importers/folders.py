@@ -59,7 +59,7 @@ def split_relative(rel: str, *, is_file: bool) -> Location:
     """``loras/ACE/x.safetensors`` (relative to ``models/``) → Location; NotAModelPath if not."""
     parts = [p for p in rel.replace("\\", "/").split("/") if p not in ("", ".")]
     if UNRESOLVED in rel:
-        raise NotAModelPath("uses a shell variable the importer cannot resolve")
+        raise NotAModelPath("holds a NUL or a shell variable the importer cannot resolve")
     if rel.startswith(("/", "\\")):
         raise NotAModelPath(f"refused: {escape_controls(rel)!r} is an absolute path")
     if not parts or (is_file and len(parts) < 2):

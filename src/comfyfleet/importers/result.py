@@ -10,12 +10,14 @@ because it carries comments; strings are JSON-escaped, which is valid TOML.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from comfyfleet.manifest import CORE_FOLDERS, FOLDER_ALIASES, canonical_folder
 from comfyfleet.names import escape_controls
+from comfyfleet.redact import redact_text, redact_url
 
 #: longest excerpt of a source line quoted in a comment or on stderr
 EXCERPT = 160
@@ -95,7 +97,10 @@ class ImportResult:
 
 
 def excerpt(text: str) -> str:
-    """``text`` on one line, control characters escaped, cut to :data:`EXCERPT` characters."""
+    """``text`` on one line, secrets redacted, control characters escaped, cut to
+    :data:`EXCERPT` characters (a quoted script line may carry ``?token=…``)."""
+    text = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+", lambda m: redact_url(m.group()), text)
+    text = redact_text(re.sub(r"(?i)\b(token=)[^&\s'\"]+", r"\1***", text))
     flat = " ".join(escape_controls(text).split())
     return flat if len(flat) <= EXCERPT else flat[: EXCERPT - 1] + "…"
 
