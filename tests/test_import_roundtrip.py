@@ -37,18 +37,18 @@ def _q(text: str) -> str:
 def line(kind: str, f: str, n: str, u: str) -> str:
     dest = f"$MODELS_DIR/{f}/{n}"
     return {
-        "array": f"X_MODELS=({_q(u)})\nprovisioning_get_files \"$COMFYUI_DIR/models/{f}\" \"${{X_MODELS[@]}}\"",
-        "pipe": f"HF_MODELS=({_q(u + '|')}\"{dest}\")",
+        "array": f'X_MODELS=({_q(u)})\nprovisioning_get_files "$COMFYUI_DIR/models/{f}" "${{X_MODELS[@]}}"',
+        "pipe": f'HF_MODELS=({_q(u + "|")}"{dest}")',
         "colon": f"M=({_q(f'{u}:{f}:{n}')})",
-        "assoc": f"declare -A A=([{_q(u)}]={_q(n)})\nprovisioning_get_files \"$MODELS_DIR/{f}\" \"${{A[@]}}\"",
-        "wget": f"wget -O \"{dest}\" {_q(u)}",
-        "wgetP": f"wget -P \"$MODELS_DIR/{f}\" {_q(u)}",
-        "curl": f"curl -L -o \"{dest}\" {_q(u)}",
-        "aria": f"aria2c -d \"$MODELS_DIR/{f}\" -o {_q(n)} {_q(u)}",
-        "hf": f"hf download o/r {_q(n)} --local-dir \"$MODELS_DIR/{f}\"",
-        "mv": f"mv \"{dest}\" \"$MODELS_DIR/{f}/renamed.safetensors\"",
-        "token": f"if [[ -n $HF_TOKEN ]]; then\nwget -O \"{dest}\" {_q(u)}\nelse\nwget -O \"{dest}\" {_q(u + 'x')}\nfi",
-        "clone": f"git clone {_q(u)} \"$COMFYUI_DIR/custom_nodes/{n}\"",
+        "assoc": f'declare -A A=([{_q(u)}]={_q(n)})\nprovisioning_get_files "$MODELS_DIR/{f}" "${{A[@]}}"',
+        "wget": f'wget -O "{dest}" {_q(u)}',
+        "wgetP": f'wget -P "$MODELS_DIR/{f}" {_q(u)}',
+        "curl": f'curl -L -o "{dest}" {_q(u)}',
+        "aria": f'aria2c -d "$MODELS_DIR/{f}" -o {_q(n)} {_q(u)}',
+        "hf": f'hf download o/r {_q(n)} --local-dir "$MODELS_DIR/{f}"',
+        "mv": f'mv "{dest}" "$MODELS_DIR/{f}/renamed.safetensors"',
+        "token": f'if [[ -n $HF_TOKEN ]]; then\nwget -O "{dest}" {_q(u)}\nelse\nwget -O "{dest}" {_q(u + "x")}\nfi',
+        "clone": f'git clone {_q(u)} "$COMFYUI_DIR/custom_nodes/{n}"',
         "legacy": f"CHECKPOINT_MODELS=({_q(u)})",
     }[kind]
 
@@ -91,13 +91,17 @@ nodes = st.lists(
     st.fixed_dictionaries(
         {
             "id": st.integers(0, 50),
-            "type": st.sampled_from(["UNETLoader", "VAELoader", "X", "UnetLoaderGGUF", "Bad\nType"]),
+            "type": st.sampled_from(
+                ["UNETLoader", "VAELoader", "X", "UnetLoaderGGUF", "Bad\nType"]
+            ),
             "mode": st.sampled_from([0, 2, 4]),
             "widgets_values": st.lists(name, max_size=2),
             "properties": st.fixed_dictionaries(
                 {"models": models},
                 optional={
-                    "cnr_id": st.sampled_from(["comfy-core", "comfyui-impact-pack", "../x", "ok-id"]),
+                    "cnr_id": st.sampled_from(
+                        ["comfy-core", "comfyui-impact-pack", "../x", "ok-id"]
+                    ),
                     "aux_id": st.sampled_from(["owner/repo", "../../etc", "x"]),
                     "ver": st.sampled_from(["1.0.0", "a" * 40, "\x1b[2J"]),
                 },
