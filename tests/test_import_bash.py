@@ -451,6 +451,12 @@ wget -P /workspace/ComfyUI/models/vae https://mirror.example.com/b/vae.safetenso
     assert "same destination vae/vae.safetensors as line 2, from another URL" in text
 
 
+def test_windows_line_endings_read_like_unix_ones(tmp_path):
+    models, nodes, _text, stderr = imported(tmp_path, VAST.replace("\n", "\r\n"))
+    assert models == imported(tmp_path, VAST)[0] and len(models) == 3
+    assert stderr == ""
+
+
 def test_missing_file_exits_2(tmp_path):
     result = CliRunner().invoke(app, ["import", str(tmp_path / "nope.sh")])
     assert result.exit_code == 2 and "no such file" in result.stderr

@@ -720,4 +720,6 @@ def import_bash_script(text: str, source: str = "script") -> ImportResult:
     """Read a provisioning script statically; what it downloads, clones and what was skipped."""
     # NUL cannot occur in a bash string; it marks unresolved variables here, so a stray one
     # becomes another control character, which the plain-name rule refuses
-    return _Reader(source).read(text.replace(UNRESOLVED, "\x01"))
+    # CRLF: scripts saved on Windows (ai-dock runs dos2unix on them before running them)
+    text = text.replace("\r\n", "\n").replace(UNRESOLVED, "\x01")
+    return _Reader(source).read(text)

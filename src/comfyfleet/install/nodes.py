@@ -83,13 +83,13 @@ async def install_nodes(
 
     async def one(entry: NodeEntry, result: NodeResult) -> None:
         try:
-            if not entry.repo and entry.registry_id:  # a Comfy Registry id: find its repo first
-                repo = await registry_repo(entry.registry_id, root)
-                entry = entry.model_copy(update={"repo": repo})
-                result.repo = repo
+            repo = entry.repo
+            if not repo and entry.registry_id:  # a Comfy Registry id: find its repo first
+                repo = result.repo = await registry_repo(entry.registry_id, root)
             await _install_one(
-                entry, result, custom_nodes / entry.name, root, log, env, clone_slots, pip_lock
-            )
+                entry, repo or "", result, custom_nodes / entry.name, root, log, env,
+                clone_slots, pip_lock,
+            )  # fmt: skip
         except ComfyfleetError as exc:
             result.status = "failed"
             result.error = exc.message
@@ -127,6 +127,7 @@ async def install_nodes(
 
 async def _install_one(
     entry: NodeEntry,
+    repo: str,
     result: NodeResult,
     dest: Path,
     root: Path,
@@ -137,7 +138,7 @@ async def _install_one(
 ) -> None:
     source = f"node {entry.name}"
     async with clone_slots:
-        checkout = await ensure_checkout(entry.repo, entry.ref, dest, log=log, source=source)
+        checkout = await ensure_checkout(repo, entry.ref, dest, log=log, source=source)
     result.commit = checkout.commit
     if checkout.warning:
         result.warnings.append(checkout.warning)
