@@ -452,7 +452,7 @@ wget -P /workspace/ComfyUI/models/vae https://mirror.example.com/b/vae.safetenso
 
 
 def test_windows_line_endings_read_like_unix_ones(tmp_path):
-    models, nodes, _text, stderr = imported(tmp_path, VAST.replace("\n", "\r\n"))
+    models, _nodes, _text, stderr = imported(tmp_path, VAST.replace("\n", "\r\n"))
     assert models == imported(tmp_path, VAST)[0] and len(models) == 3
     assert stderr == ""
 
