@@ -58,6 +58,7 @@ NODES=(
 WORKFLOWS=(
     "https://gist.github.com/x/workflow.json"
 )
+DEFAULT_WORKFLOW="https://raw.githubusercontent.com/x/default_workflow.json"
 CHECKPOINT_MODELS=(
     "https://huggingface.co/stabilityai/sdxl/resolve/main/sd_xl_base_1.0.safetensors"
     # "https://huggingface.co/stabilityai/sdxl/resolve/main/sd_xl_refiner_1.0.safetensors"
@@ -132,7 +133,7 @@ def test_ai_dock_unmapped_items_are_named_with_their_line_in_comments_and_on_std
     def line_of(fragment: str) -> int:
         return next(i for i, line in enumerate(lines, 1) if fragment in line)
 
-    for fragment in ("onnxruntime-gpu", "workflow.json", "civitai.com/models/4384",
+    for fragment in ("onnxruntime-gpu", "/workflow.json", "civitai.com/models/4384", "default_workflow",
                      "${HF_MIRROR}/model.pth", "sam_vit_b.pth"):  # fmt: skip
         needle = f"line {line_of(fragment)}: "
         assert any(needle in s and fragment.strip("$") in s for s in stderr.splitlines()), fragment

@@ -383,6 +383,8 @@ class _Reader:
         assert m
         value = self.x(m[3])
         self.env[m[1]] = (self.env.get(m[1], "") + value) if m[2] else value
+        if "WORKFLOW" in m[1].upper() and is_url(value) and not self.in_function:
+            self.result.skip(word.line, word.raw, OTHER_ARRAYS["WORKFLOWS"])
 
     # --- arrays ------------------------------------------------------------------------
 
