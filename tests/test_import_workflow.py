@@ -15,7 +15,7 @@ from comfyfleet.cli import _register, app
 from comfyfleet.errors import WorkflowError
 from comfyfleet.importers import render
 from comfyfleet.importers.workflow import import_workflow
-from comfyfleet.install.workflows import missing_models, parse_workflow
+from comfyfleet.install.workflows import missing_models, parse_workflow, suggested_entry
 from comfyfleet.manifest import load_manifest, parse_manifest
 
 _register()
@@ -313,3 +313,28 @@ def test_the_cross_check_knows_every_alias_from_the_one_table(tmp_path: Path):
     )
     assert missing_models(manifest, workflow, root=root) == []
     assert [n.filename for n in missing_models(manifest, workflow)] == ["sketch.safetensors"]
+
+
+def test_the_entry_suggested_for_a_missing_subfolder_model_satisfies_the_check():
+    workflow = parse_workflow(
+        {
+            "nodes": [
+                {
+                    "id": 1,
+                    "type": "CheckpointLoaderSimple",
+                    "widgets_values": ["SDXL\\base.safetensors"],
+                    "properties": {
+                        "models": [
+                            {"name": "SDXL\\base.safetensors", "directory": "checkpoints",
+                             "url": "https://example.com/base.safetensors"}
+                        ]
+                    },
+                }
+            ]
+        }
+    )  # fmt: skip
+    [need] = missing_models(parse_manifest({}), workflow)
+    entry = suggested_entry(need)
+    assert 'subfolder = "SDXL"\nfilename = "base.safetensors"' in entry
+    manifest = parse_manifest(tomllib.loads(entry))
+    assert missing_models(manifest, workflow) == []

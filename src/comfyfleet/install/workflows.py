@@ -276,13 +276,14 @@ def _on_disk(manifest: Manifest, root: Path, need: ModelNeed) -> bool:
 
 def suggested_entry(need: ModelNeed) -> str:
     """The ``[[models]]`` TOML to add for a need that carries a URL."""
-    lines = [
-        "[[models]]",
-        f"url = {json.dumps(need.url)}",
-        f"folder = {json.dumps(need.directory or need.key)}",
-    ]
-    if "/" not in need.filename:
-        lines.append(f"filename = {json.dumps(need.filename)}")
+    folder = need.directory or need.key
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", folder) or ".." in folder:
+        folder = need.key  # a workflow's directory is only echoed when it is a plain name
+    lines = ["[[models]]", f"url = {json.dumps(need.url)}", f"folder = {json.dumps(folder)}"]
+    subfolder, _, name = need.filename.rpartition("/")
+    if subfolder:  # "SDXL/x.safetensors": ComfyUI lists a file in a subfolder so
+        lines.append(f"subfolder = {json.dumps(subfolder)}")
+    lines.append(f"filename = {json.dumps(name)}")
     if need.sha256:
         lines.append(f'sha256 = "{need.sha256}"')
     return "\n".join(lines)
