@@ -472,3 +472,14 @@ def test_output_file_is_written_and_stdout_stays_empty(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     assert load_manifest(out).models[0].folder == "vae"
+
+
+def test_a_repo_whose_folder_would_be_dot_dot_is_refused(tmp_path):
+    script = r"""
+NODES=("https://github.com/x/sub/.." "https://github.com/ok/ComfyUI-Fine")
+git clone https://github.com/y/z/.. "$COMFYUI_DIR/custom_nodes/.."
+"""
+    _models, nodes, _text, stderr = imported(tmp_path, script)
+    assert [n["repo"] for n in nodes] == ["https://github.com/ok/ComfyUI-Fine"]
+    assert "line 2:" in stderr and "line 3:" in stderr
+    assert stderr.count("refused: node folder '..'") == 2

@@ -194,6 +194,11 @@ def test_files_named_without_a_url_become_commented_blocks_with_their_folder(tmp
     # an unknown class: folder left for the user, subfolder kept
     block = text.split("# needs a URL (MysteryNode, node 21):\n", 1)[1].split("\n\n")[0]
     assert '# folder = ""' in block and '# subfolder = "weights"' in block
+    # a value inside a dict widget (rgthree's Power Lora Loader), folder from the class
+    block = text.split("# needs a URL (Power Lora Loader (rgthree), node 32):\n", 1)[1]
+    assert block.startswith(
+        '# [[models]]\n# url = ""\n# folder = "loras"\n# filename = "detail.safetensors"'
+    )
     # the file with a URL is not listed again as needing one
     assert "needs a URL (LoraLoaderModelOnly" not in text
 

@@ -36,7 +36,12 @@ from comfyfleet.importers.folders import (
     looks_like_file,
     split_relative,
 )
-from comfyfleet.importers.result import ImportedModel, ImportedNode, ImportResult
+from comfyfleet.importers.result import (
+    ImportedModel,
+    ImportedNode,
+    ImportResult,
+    node_folder_problem,
+)
 from comfyfleet.importers.shell import (
     ArrayAssign,
     Command,
@@ -547,6 +552,10 @@ class _Reader:
             if not self.helper([target]):
                 self.result.skip(cmd.line, text, "clones somewhere other than custom_nodes/")
             return
+        problem = node_folder_problem(repo)
+        if problem:
+            self.result.skip(cmd.line, text, problem)
+            return
         node = ImportedNode(repo=repo, ref=clone.branch, notes=notes, line=cmd.line)
         folder = parts[-1] if target else ""
         tail = repo.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
@@ -597,8 +606,9 @@ class _Reader:
         if arr.name in NODE_ARRAYS:
             for item in arr.items:
                 repo, notes = clean_url(self.x(item.word))
-                if repo is None:
-                    self.result.skip(item.word.line, item.word.raw, "; ".join(notes))
+                problem = node_folder_problem(repo) if repo else "; ".join(notes)
+                if repo is None or problem:
+                    self.result.skip(item.word.line, item.word.raw, problem or "")
                     continue
                 notes.append('unpinned: the script installed the default branch; add ref = "…"')
                 self.node_tags.append(

@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from comfyfleet.manifest import CORE_FOLDERS, FOLDER_ALIASES, canonical_folder
-from comfyfleet.names import escape_controls
+from comfyfleet.names import UnsafeName, escape_controls, plain_name
 from comfyfleet.redact import redact_text, redact_url
 
 #: longest excerpt of a source line quoted in a comment or on stderr
@@ -94,6 +94,17 @@ class ImportResult:
     def skip(self, line: int, text: str, why: str) -> None:
         """Record a skipped thing."""
         self.skipped.append(Skipped(line, text, why))
+
+
+def node_folder_problem(repo: str) -> str | None:
+    """Why the folder a repo would get under ``custom_nodes/`` (its last segment) is not a
+    plain name, or None: ``…/sub/..`` must never check out over ComfyUI itself."""
+    tail = repo.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    try:
+        plain_name(tail, what="node folder")
+    except UnsafeName as exc:
+        return f"refused: {exc}"
+    return None
 
 
 def excerpt(text: str) -> str:

@@ -24,7 +24,12 @@ from typing import Any
 from comfyfleet.importers.bash import clean_url
 from comfyfleet.importers.folders import NotAModelPath, split_relative
 from comfyfleet.importers.packs import NodePack, pack_table
-from comfyfleet.importers.result import ImportedModel, ImportedNode, ImportResult
+from comfyfleet.importers.result import (
+    ImportedModel,
+    ImportedNode,
+    ImportResult,
+    node_folder_problem,
+)
 from comfyfleet.install.workflows import LOADER_INPUTS, WorkflowNode, load_workflow
 from comfyfleet.manifest import MODEL_EXTENSIONS, REGISTRY_ID
 from comfyfleet.names import UnsafeName, escape_controls, plain_name
@@ -167,7 +172,7 @@ class _WorkflowReader:
             return [(k, i, v) for i, (k, v) in enumerate(node.inputs.items())]
         if isinstance(node.widgets, dict):
             return [(k, i, v) for i, (k, v) in enumerate(node.widgets.items())]
-        values = node.widgets or []
+        values = list(node.widgets or [])
         inputs = node.raw.get("inputs")
         names = [
             inp["widget"].get("name")
@@ -176,7 +181,13 @@ class _WorkflowReader:
         ]
         if len(names) != len(values):
             names = [None] * len(values)
-        return [(names[i], i, v) for i, v in enumerate(values)]
+        out: list[tuple[str | None, int, Any]] = []
+        for i, v in enumerate(values):
+            if isinstance(v, dict):  # e.g. rgthree's Power Lora Loader: {"lora": "x", "on": true}
+                out += [(k, i, inner) for k, inner in v.items()]
+            else:
+                out.append((names[i], i, v))
+        return out
 
     def folder_for(self, node: WorkflowNode, name: str | None, index: int) -> str:
         for input_name, position, key in LOADER_INPUTS.get(node.class_type, []):
@@ -239,7 +250,7 @@ class _WorkflowReader:
         elif cnr_id is not None:
             pack = self.table.by_registry_id(cnr_id)
         shown = f"{node.label}: cnr_id={cnr_id!r} aux_id={aux_id!r}"
-        if aux_id is not None and not _AUX_ID.match(aux_id):
+        if aux_id is not None and (not _AUX_ID.match(aux_id) or node_folder_problem(aux_id)):
             self.result.skip(0, shown, "aux_id is not owner/repo; not imported")
             return
         if cnr_id is not None and not REGISTRY_ID.match(cnr_id):
