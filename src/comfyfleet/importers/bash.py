@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from comfyfleet.importers import downloads
 from comfyfleet.importers.downloads import Download, Unmappable, is_url
+from comfyfleet.importers.elements import Element
 from comfyfleet.importers.folders import (
     LEGACY_STORAGE,
     UNRESOLVED,
@@ -52,10 +53,11 @@ from comfyfleet.importers.shell import (
     commands,
     expand,
     lex,
-    marker,
     readable,
     unquote,
 )
+from comfyfleet.importers.structure import BranchTag, Structure
+from comfyfleet.importers.urls import clean_url
 from comfyfleet.manifest import CORE_FOLDERS, FOLDER_ALIASES, check_filename
 from comfyfleet.names import plain_name
 
@@ -95,8 +97,6 @@ DEFAULTS: dict[str, str] = {
     "COMFYUI_DIR": "${WORKSPACE}/ComfyUI",
     "MODELS_DIR": "${COMFYUI_DIR}/models",
 }
-TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN")
-_TOKEN_CHECKS = re.compile(r"has_valid_(hf|civitai)_token|valid_(hf|civitai)_token")
 _SPECIAL_ONLY = re.compile(rf"^(?:{UNRESOLVED}(?:[@*#?!$-]|\d+|\$\(…\)|`…`){UNRESOLVED}|\s)*$")
 _ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\+?)=(.*)$", re.DOTALL)
 _QUIET = frozenset({"echo", "printf", "log", "print", "printf_log", "mkdir", "chmod", "chown",
@@ -110,29 +110,9 @@ _COMFY_REPOS = re.compile(r"github\.com/(comfyanonymous|Comfy-Org)/ComfyUI(\.git
 
 
 @dataclass
-class _Tag:
-    """Which token branch a thing was found in (None: not inside a token check)."""
-
-    if_id: int
-    needs_token: bool
-    var: str
-    line: int
-
-
-@dataclass
-class _Block:
-    kind: str  # if | loop | case | function | group
-    line: int
-    if_id: int = 0
-    tag: _Tag | None = None
-    #: token need of the first condition (for the else branch)
-    first: _Tag | None = None
-
-
-@dataclass
 class _Item:
     word: Word
-    tag: _Tag | None
+    tag: BranchTag | None
     in_function: bool
 
 
@@ -143,7 +123,7 @@ class _Array:
     assoc: bool
     items: list[_Item] = field(default_factory=list)
     #: (directory as expanded, line of the call, tag) of each call that downloads it
-    targets: list[tuple[str, int, _Tag | None]] = field(default_factory=list)
+    targets: list[tuple[str, int, BranchTag | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -157,54 +137,20 @@ class _Rename:
 @dataclass
 class _Entry:
     model: ImportedModel
-    tag: _Tag | None
+    tag: BranchTag | None
     at: int  # the line after which a rename may apply to it
-
-
-def clean_url(url: str) -> tuple[str | None, list[str]]:
-    """A manifest-ready URL and notes, or None and why it cannot be used as is.
-
-    The query is kept exactly as written (``?download`` stays ``?download``), except that a
-    ``token=`` parameter is removed: tokens come from the environment.
-    """
-    url = url.strip()
-    if UNRESOLVED in url:
-        names = re.findall(rf"{UNRESOLVED}([^{UNRESOLVED}]*){UNRESOLVED}", url)
-        return None, [f"uses ${names[0] if names else '?'}, which the importer cannot resolve"]
-    if not re.match(r"^https?://[^/\s]+", url):
-        return None, ["not an http(s) URL"]
-    if re.search(r"[\s\x00-\x1f\x7f]", url):
-        return None, ["the URL contains white space or control characters"]
-    notes: list[str] = []
-    base, qmark, rest = url.partition("?")
-    query, hmark, fragment = rest.partition("#")
-    params = query.split("&") if query else []
-    kept = [p for p in params if p.split("=", 1)[0].lower() != "token"]
-    if len(kept) != len(params):
-        notes.append("token removed from the URL: set CIVITAI_TOKEN in the environment instead")
-    host = base.split("/")[2].lower() if base.count("/") >= 2 else ""
-    if host in ("huggingface.co", "hf.co") and "/blob/" in base:
-        base = base.replace("/blob/", "/resolve/", 1)
-        notes.append("/blob/ (the web page) changed to /resolve/ (the file)")
-    if host in ("civitai.com", "www.civitai.com") and base.split(host, 1)[1].startswith("/models/"):
-        return None, ["a Civitai model page, not a download URL (/api/download/models/<versionId>)"]
-    out = base + (("?" + "&".join(kept)) if kept else ("?" if qmark and not params else ""))
-    return out + (hmark + fragment if hmark else ""), notes
 
 
 class _Reader:
     def __init__(self, source: str) -> None:
         self.result = ImportResult(source)
         self.env: dict[str, str] = {}
-        self.blocks: list[_Block] = []
+        self.where = Structure()
         self.arrays: dict[str, _Array] = {}
         self.entries: list[_Entry] = []
-        self.node_tags: list[tuple[ImportedNode, _Tag | None]] = []
+        self.node_tags: list[tuple[ImportedNode, BranchTag | None]] = []
         self.renames: list[_Rename] = []
         self.cwd: str | None = None
-        self.pending_function = False
-        self.next_if = 0
-        self.token_ifs: set[int] = set()  # ifs with a branch that needs a token
 
     # --- variables ---------------------------------------------------------------------
 
@@ -217,34 +163,6 @@ class _Reader:
 
     def x(self, word: Word | str) -> str:
         return expand(word.raw if isinstance(word, Word) else word, self.lookup)
-
-    # --- where we are ------------------------------------------------------------------
-
-    @property
-    def in_function(self) -> bool:
-        return any(b.kind == "function" for b in self.blocks)
-
-    @property
-    def in_loop(self) -> bool:
-        return any(b.kind == "loop" for b in self.blocks)
-
-    @property
-    def tag(self) -> _Tag | None:
-        for block in reversed(self.blocks):
-            if block.kind == "if" and block.tag is not None:
-                return block.tag
-        return None
-
-    def token_need(self, words: list[Word], line: int) -> _Tag | None:
-        text = " ".join(w.raw for w in words)
-        var = next((v for v in TOKEN_VARS if v in text), None)
-        check = _TOKEN_CHECKS.search(text)
-        if var is None and check is None:
-            return None
-        var = var or ("HF_TOKEN" if "hf" in check.group() else "CIVITAI_TOKEN")  # type: ignore[union-attr]
-        raws = [unquote(w.raw) for w in words]
-        negated = "-z" in raws or "!" in raws
-        return _Tag(self.next_if, not negated, var, line)
 
     # --- the walk ----------------------------------------------------------------------
 
@@ -264,7 +182,7 @@ class _Reader:
                 if item.text == "(" and isinstance(prev, Command) and len(prev.words) == 1:
                     nxt = items[i + 1] if i + 1 < len(items) else None
                     if isinstance(nxt, Op) and nxt.text == ")":
-                        self.pending_function = True
+                        self.where.pending_function = True
             else:
                 self.command(item)
         return self.finish()
@@ -274,7 +192,9 @@ class _Reader:
         first = unquote(words[0].raw)
         if first in ("then", "else", "do", "elif", "if", "while", "until", "for", "case",
                      "function", "{", "}", "fi", "done", "esac", "!", "time"):  # fmt: skip
-            words = self.keyword(first, cmd)
+            words, loop_var = self.where.keyword(first, cmd)
+            if loop_var:
+                self.env[loop_var[0]] = loop_var[1]
             if not words:
                 return
             first = unquote(words[0].raw)
@@ -291,104 +211,12 @@ class _Reader:
         if words:
             self.run(Command(words, words[0].line))
 
-    def keyword(self, kw: str, cmd: Command) -> list[Word]:
-        """Update the block stack for a keyword; return the words of the command after it."""
-        rest = cmd.words[1:]
-        if kw == "if":
-            self.next_if += 1
-            tag = self.token_need(rest, cmd.line)
-            block = _Block("if", cmd.line, self.next_if, tag, tag)
-            if tag:
-                tag.if_id = self.next_if
-                if tag.needs_token:
-                    self.token_ifs.add(self.next_if)
-            self.blocks.append(block)
-            return self.condition(rest)
-        if kw == "elif":
-            block = self._top("if")
-            if block:
-                tag = self.token_need(rest, cmd.line)
-                if tag:
-                    tag.if_id = block.if_id
-                    if tag.needs_token:
-                        self.token_ifs.add(block.if_id)
-                block.tag = tag
-            return self.condition(rest)
-        if kw == "else":
-            block = self._top("if")
-            if block and block.first:
-                first = block.first
-                block.tag = _Tag(block.if_id, not first.needs_token, first.var, cmd.line)
-                if block.tag.needs_token:
-                    self.token_ifs.add(block.if_id)
-            elif block:
-                block.tag = None
-            return rest
-        if kw == "fi":
-            self._pop("if")
-            return rest
-        if kw in ("while", "until"):
-            self.blocks.append(_Block("loop", cmd.line))
-            return self.condition(rest)
-        if kw == "for":
-            self.blocks.append(_Block("loop", cmd.line))
-            raws = [w.raw for w in rest]
-            if len(raws) >= 3 and raws[1] == "in":
-                ref = array_ref(raws[2]) if len(raws) == 3 else None
-                self.env[raws[0]] = marker("@" + ref) if ref else marker(raws[0])
-            return []
-        if kw == "done":
-            self._pop("loop")
-            return rest
-        if kw == "case":
-            self.blocks.append(_Block("case", cmd.line))
-            return []
-        if kw == "esac":
-            self._pop("case")
-            return rest
-        if kw == "function":
-            self.pending_function = True
-            rest = [w for w in rest[1:] if w.raw not in ("()",)]
-            return self.keyword("{", Command(rest, cmd.line)) if rest and rest[0].raw == "{" else []
-        if kw == "{":
-            self.blocks.append(_Block("function" if self.pending_function else "group", cmd.line))
-            self.pending_function = False
-            return rest
-        if kw == "}":
-            for kind in ("function", "group"):
-                if self.blocks and self.blocks[-1].kind == kind:
-                    self.blocks.pop()
-                    break
-            return rest
-        return rest  # then, do, !, time
-
-    @staticmethod
-    def condition(words: list[Word]) -> list[Word]:
-        """The command a condition runs (``if ! wget …``), or nothing for a test (``[[ … ]]``)."""
-        while words and unquote(words[0].raw) == "!":
-            words = words[1:]
-        if not words or unquote(words[0].raw) in ("[[", "[", "test", "true", "false"):
-            return []
-        return words
-
-    def _top(self, kind: str) -> _Block | None:
-        for block in reversed(self.blocks):
-            if block.kind == kind:
-                return block
-        return None
-
-    def _pop(self, kind: str) -> None:
-        for i in range(len(self.blocks) - 1, -1, -1):
-            if self.blocks[i].kind == kind:
-                del self.blocks[i:]
-                return
-
     def assign(self, word: Word) -> None:
         m = _ASSIGNMENT.match(word.raw)
         assert m
         value = self.x(m[3])
         self.env[m[1]] = (self.env.get(m[1], "") + value) if m[2] else value
-        if "WORKFLOW" in m[1].upper() and is_url(value) and not self.in_function:
+        if "WORKFLOW" in m[1].upper() and is_url(value) and not self.where.in_function:
             self.result.skip(word.line, word.raw, OTHER_ARRAYS["WORKFLOWS"])
 
     # --- arrays ------------------------------------------------------------------------
@@ -403,7 +231,7 @@ class _Reader:
             assoc = "A" in flags or any(re.match(r"^\[.+\]=", w.raw) for w in a.items)
             arr = _Array(a.name, a.line, assoc)
             self.arrays[a.name] = arr
-        arr.items += [_Item(w, self.tag, self.in_function) for w in a.items]
+        arr.items += [_Item(w, self.where.tag, self.where.in_function) for w in a.items]
 
     # --- commands ----------------------------------------------------------------------
 
@@ -452,7 +280,7 @@ class _Reader:
     def helper(self, args: list[str]) -> bool:
         """True when a command is a helper's own machinery (inside a function or a loop, with
         values only known at call time): not data, and not reported."""
-        return (self.in_function or self.in_loop) and any(UNRESOLVED in a for a in args)
+        return (self.where.in_function or self.where.in_loop) and any(UNRESOLVED in a for a in args)
 
     def generic(self, cmd: Command, name: str, args: list[str], text: str) -> None:
         """A helper call: ``download URL DIR``, ``provisioning_get_files DIR "${ARR[@]}"``."""
@@ -472,7 +300,7 @@ class _Reader:
             for ref in arrays:
                 arr = self.arrays.get(ref)
                 if arr is not None:
-                    arr.targets.append((paths[0], cmd.line, self.tag))
+                    arr.targets.append((paths[0], cmd.line, self.where.tag))
             return
         if urls and name not in _QUIET:
             if len(paths) == 1:
@@ -490,7 +318,7 @@ class _Reader:
         if dl.url.startswith(UNRESOLVED + "@"):  # for url in "${ARR[@]}"; do wget -P DIR "$url"
             arr = self.arrays.get(dl.url[2:-1])
             if arr is not None and dl.path and dl.is_dir:
-                arr.targets.append((dl.path, cmd.line, self.tag))
+                arr.targets.append((dl.path, cmd.line, self.where.tag))
                 return
         url, notes = clean_url(dl.url)
         if url is None:
@@ -508,7 +336,7 @@ class _Reader:
                 self.result.skip(cmd.line, text, f"{exc}: {readable(dl.path)}")
             return
         filename = dl.filename or loc.filename
-        self.add(url, loc, filename, notes, cmd.line, self.tag, cmd.line)
+        self.add(url, loc, filename, notes, cmd.line, self.where.tag, cmd.line)
 
     def add(
         self,
@@ -517,7 +345,7 @@ class _Reader:
         filename: str | None,
         notes: list[str],
         line: int,
-        tag: _Tag | None,
+        tag: BranchTag | None,
         at: int,
     ) -> None:
         notes = list(notes)
@@ -563,7 +391,7 @@ class _Reader:
             node.notes.append(f"the script clones it into custom_nodes/{folder}")
         if not clone.branch:
             node.notes.append('unpinned: the script installed the default branch; add ref = "…"')
-        self.node_tags.append((node, self.tag))
+        self.node_tags.append((node, self.where.tag))
 
     def checkout(self, args: list[str]) -> None:
         """``git -C custom_nodes/X checkout REF`` (or after ``cd``) pins the node cloned there."""
@@ -594,8 +422,8 @@ class _Reader:
         res.skipped.sort(key=lambda s: s.line)
         return res
 
-    def mark_branch(self, thing: ImportedModel | ImportedNode, tag: _Tag | None) -> None:
-        if tag is None or tag.needs_token or tag.if_id not in self.token_ifs:
+    def mark_branch(self, thing: ImportedModel | ImportedNode, tag: BranchTag | None) -> None:
+        if tag is None or tag.needs_token or tag.if_id not in self.where.token_ifs:
             return
         thing.commented = (
             f"applies when {tag.var} is not set (the script's other branch, line {tag.line}); "
@@ -620,7 +448,7 @@ class _Reader:
                 self.result.skip(item.word.line, f"{arr.name}: {readable(self.x(item.word))}",
                                  OTHER_ARRAYS[arr.name])  # fmt: skip
             return
-        targets: list[tuple[Location, int, _Tag | None]] = []
+        targets: list[tuple[Location, int, BranchTag | None]] = []
         for path, line, tag in arr.targets:
             try:
                 targets.append((locate(path, is_file=False), line, tag))
@@ -633,31 +461,13 @@ class _Reader:
             self.array_item(arr, item, targets)
 
     def array_item(
-        self, arr: _Array, item: _Item, targets: list[tuple[Location, int, _Tag | None]]
+        self, arr: _Array, item: _Item, targets: list[tuple[Location, int, BranchTag | None]]
     ) -> None:
         word = item.word
         value = self.x(word)
-        dest: str | None = None
-        filename: str | None = None
-        rel: str | None = None
         m = re.match(r"^\[(.+?)\]=(.*)$", word.raw, re.DOTALL) if arr.assoc else None
-        if m:
-            url, other = self.x(m[1]), self.x(m[2]).strip()
-            if "/" in other:
-                dest = other
-            else:
-                filename = other or None
-        elif "|" in value:
-            url, dest = (p.strip() for p in value.split("|", 1))
-        else:
-            url = value.strip()
-            parts = url.rsplit(":", 2)
-            if len(parts) == 3 and "://" in parts[0] and "/" not in parts[2] and parts[2]:
-                url, rel, filename = parts
-            elif len(parts) >= 2 and "://" in url.rsplit(":", 1)[0]:
-                head, tail = url.rsplit(":", 1)
-                if "/" not in tail and looks_like_file(tail):
-                    url, filename = head, tail
+        element = Element.of_pair(self.x(m[1]), self.x(m[2])) if m else Element.of_value(value)
+        url, dest, rel, filename = element.url, element.dest, element.rel, element.filename
         shown = f"{arr.name}: {readable(value)}"
         clean, notes = clean_url(url)
         if clean is None:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from comfyfleet.importers.bash import clean_url
 from comfyfleet.importers.folders import NotAModelPath, split_relative
 from comfyfleet.importers.packs import NodePack, pack_table
 from comfyfleet.importers.result import (
@@ -30,6 +29,7 @@ from comfyfleet.importers.result import (
     ImportResult,
     node_folder_problem,
 )
+from comfyfleet.importers.urls import clean_url
 from comfyfleet.install.workflows import LOADER_INPUTS, WorkflowNode, load_workflow
 from comfyfleet.manifest import MODEL_EXTENSIONS, REGISTRY_ID
 from comfyfleet.names import UnsafeName, escape_controls, plain_name
