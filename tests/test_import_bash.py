@@ -381,13 +381,16 @@ wget -P "$VAE_DIR" https://example.com/v1.safetensors
 wget -P "${MODELS_DIR}/clip_vision" https://example.com/cv.safetensors
 wget -P "${UNKNOWN_ROOT}/models/loras" https://example.com/l.safetensors
 wget -P "$UNKNOWN_DIR" https://example.com/lost.safetensors
+wget -O "$VAE_DIR/$(basename https://example.com/v2.safetensors)" https://example.com/v2.safetensors
 """
     models, _nodes, _text, stderr = imported(tmp_path, script)
     assert [(m["url"].rsplit("/", 1)[1], m["folder"]) for m in models] == [
         ("v1.safetensors", "vae"),
         ("cv.safetensors", "clip_vision"),  # MODELS_DIR defaults to $COMFYUI_DIR/models
         ("l.safetensors", "loras"),  # an unknown root does not change the folder
+        ("v2.safetensors", "vae"),  # a computed name: the folder still counts
     ]
+    assert "filename" not in models[3]
     assert stderr.count("\n") == 1 and "line 9:" in stderr and "$UNKNOWN_DIR" in stderr
 
 

@@ -329,12 +329,20 @@ class _Reader:
             self.result.skip(cmd.line, text, "no destination directory (the current "
                              "directory is not known at this point)")  # fmt: skip
             return
+        path, computed = dl.path, False
+        head, _, name = path.rpartition("/")
+        if not dl.is_dir and UNRESOLVED in name and UNRESOLVED not in head:
+            # -O "$DIR/$(basename "$url")": the name is computed, the folder is not
+            path, computed = head, True
         try:
-            loc = locate(dl.path, is_file=not dl.is_dir)
+            loc = locate(path, is_file=not dl.is_dir and not computed)
         except NotAModelPath as exc:
             if not self.helper([dl.path]):
                 self.result.skip(cmd.line, text, f"{exc}: {readable(dl.path)}")
             return
+        if computed:
+            notes = [*notes, f"the script computes the file name ({readable(name)}); the "
+                     "downloader's name (the URL's, or the server's) is used"]  # fmt: skip
         filename = dl.filename or loc.filename
         self.add(url, loc, filename, notes, cmd.line, self.where.tag, cmd.line)
 
