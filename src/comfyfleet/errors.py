@@ -147,6 +147,10 @@ class Stalled(DownloadError):
     """A connection stayed below ``min_speed`` for ``stall_timeout`` (retried elsewhere)."""
 
 
+class DestinationTaken(DownloadError):
+    """Two manifest entries resolved to one path; the later one is not downloaded."""
+
+
 class DiskFull(DownloadError):
     """No space left on the device that holds the model folder."""
 

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from comfyfleet.errors import ManifestError
-from comfyfleet.names import UnsafeName, plain_subpath
+from comfyfleet.names import plain_subpath
 from comfyfleet.units import parse_duration, parse_size
 
 #: ComfyUI's core model folder keys (folder_paths.py; reference/provisioning_anchors.md §3.1)
@@ -155,6 +155,7 @@ class ModelEntry(_Strict):
     size: Size | None = None
     required: bool = True
     mirrors: list[str] = Field(default_factory=list)
+    #: plain segments joined by "/": lands in models/<folder>/<subfolder>/<filename>
     subfolder: str = ""
 
     @field_validator("url", "mirrors")
@@ -173,11 +174,7 @@ class ModelEntry(_Strict):
     @field_validator("subfolder")
     @classmethod
     def _plain_subfolder(cls, v: str) -> str:
-        try:
-            plain_subpath(v)
-        except UnsafeName as exc:
-            hint = "plain names joined by '/', e.g. 'SDXL' or 'ACE/v2'"
-            raise ValueError(f"{exc} ({hint})") from None
+        plain_subpath(v)  # raises UnsafeName (a ValueError) naming the bad segment
         return v
 
     @field_validator("sha256")
@@ -294,17 +291,15 @@ class Manifest(_Strict):
                         ("validate", section, folder),
                         f"unknown ComfyUI folder {folder!r}{suggest(folder, known)}",
                     )
-        seen: dict[tuple[str, str], int] = {}
-        for i, entry in enumerate(self.models):
-            if entry.filename:
-                where = (entry.folder, entry.listed_as(entry.filename))
-                if where in seen:
-                    raise _FieldError(
-                        ("models", i, "filename"),
-                        f"{entry.folder}/{where[1]} is already provided by "
-                        f"models[{seen[where]}]; remove one of the two entries",
-                    )
-                seen[where] = i
+        return self
+
+    @model_validator(mode="after")
+    def _one_entry_per_destination(self) -> Manifest:
+        from comfyfleet.download.plan import static_collisions  # the plan owns destinations
+
+        hits = static_collisions(self.models)
+        if hits:
+            raise _FieldError(("models", hits[0].later, hits[0].field), hits[0].message())
         return self
 
     def known_folders(self) -> frozenset[str]:
@@ -315,10 +310,17 @@ class Manifest(_Strict):
         """ComfyUI's directory under ``root``."""
         return root / self.comfyui.path
 
+    def model_dir(self, root: Path, entry: ModelEntry) -> Path:
+        """The directory ``entry`` lands in: ``ROOT/<comfyui.path>/models/<folder>/<subfolder>``."""
+        return self.comfyui_dir(root).joinpath(
+            "models", entry.folder, *plain_subpath(entry.subfolder)
+        )
+
     def model_path(self, root: Path, entry: ModelEntry, filename: str) -> Path:
-        """Where ``entry`` lands: ``ROOT/<comfyui.path>/models/<folder>/[<subfolder>/]<name>``."""
-        folder = self.comfyui_dir(root) / "models" / entry.folder
-        return folder.joinpath(*plain_subpath(entry.subfolder), check_filename(filename))
+        """Where ``entry`` lands when named ``filename`` (the download plan's destination)."""
+        from comfyfleet.download.plan import destination
+
+        return destination(self.comfyui_dir(root) / "models", entry, filename)
 
     def workflow_source(self, entry: WorkflowEntry) -> Path:
         """The workflow file on disk, relative to the manifest's directory."""

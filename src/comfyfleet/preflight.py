@@ -225,8 +225,11 @@ def check_disk(manifest: Manifest, root: Path, entries: list[EntryResult]) -> Di
             unknown += 1
             continue
         if result.filename:
-            target = manifest.model_path(root, entry, result.filename)
-            if target.is_file() and target.stat().st_size == result.size:
+            try:
+                target = manifest.model_path(root, entry, result.filename)
+            except ValueError:  # not a plain name: the download refuses it, nothing is there
+                target = None
+            if target is not None and target.is_file() and target.stat().st_size == result.size:
                 continue
         needed += result.size
     where = _existing_ancestor(manifest.comfyui_dir(root) / "models")

@@ -160,7 +160,6 @@ async def provision(
     *,
     strict: bool | None = None,
     start: bool = True,
-    progress: bool | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     start_timeout: float = runtime.START_TIMEOUT,
 ) -> ProvisionReport:
@@ -195,7 +194,6 @@ async def provision(
             report,
             strict=strict,
             start=start,
-            progress=progress,
             start_timeout=start_timeout,
         )
         report.ok = True
@@ -220,7 +218,6 @@ async def _provision(
     *,
     strict: bool,
     start: bool,
-    progress: bool | None,
     start_timeout: float,
 ) -> None:
     phase = _Phases(log, report)
@@ -247,7 +244,7 @@ async def _provision(
 
     async def downloads() -> None:
         async with phase("download"):
-            report.download = await download_all(manifest, root, log, progress=progress)
+            report.download = await download_all(manifest, root, log)
 
     async def install() -> None:
         nonlocal commit

@@ -83,8 +83,7 @@ def provisioned_models(manifest: Manifest, root: Path) -> list[ProvisionedModel]
     verified = load_verified(root)
     out = []
     for entry in manifest.models:
-        # the directory the file lands in: models/<folder>/[<subfolder>/]
-        folder_dir = manifest.model_path(root, entry, "x").parent
+        folder_dir = manifest.model_dir(root, entry)
         filename = entry.filename
         if filename is None:
             for key, rec in verified.items():

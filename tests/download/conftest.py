@@ -52,7 +52,7 @@ def model_dir(root: Path, folder: str = "checkpoints") -> Path:
 async def run(m: Manifest, root: Path) -> DownloadReport:
     log = RunLog(root, "download")
     try:
-        return await download_all(m, root, log, progress=False)
+        return await download_all(m, root, log)
     finally:
         log.close()
 

@@ -138,7 +138,7 @@ async def test_cancel_leaves_a_resumable_part_and_no_final_file(server, tmp_path
     progressed = asyncio.Event()
     log.subscribe(lambda ev: ev["event"] == "file_progress" and ev["bytes"] > 0
                   and progressed.set())  # fmt: skip
-    task = asyncio.create_task(download_all(m, tmp_path, log, progress=False))
+    task = asyncio.create_task(download_all(m, tmp_path, log))
     await asyncio.wait_for(progressed.wait(), 20)
     task.cancel()
     try:

@@ -51,7 +51,7 @@ async def test_503_and_429_honour_retry_after(server, tmp_path, status):
 
     log.subscribe(inject)
     t0 = time.monotonic()
-    report = await download_all(m, tmp_path, log, progress=False)
+    report = await download_all(m, tmp_path, log)
     log.close()
     assert report.ok and time.monotonic() - t0 >= 1.9  # waited Retry-After twice
     retries = events(tmp_path, "file_retry")
@@ -132,7 +132,7 @@ async def test_html_body_arriving_during_download_fails(server, tmp_path):
             and setattr(server.plain["late.safetensors"].faults, "html", True)
         )
     )
-    report = await download_all(m, tmp_path, log, progress=False)
+    report = await download_all(m, tmp_path, log)
     log.close()
     assert report.files[0].status == "failed" and "HTML" in report.files[0].error
     assert "NotAModel" in errors_log(tmp_path)

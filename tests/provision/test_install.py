@@ -104,3 +104,34 @@ async def test_node_install_py_runs_with_the_constraints_in_its_environment(
     assert [r.status for r in again] == ["unchanged"]
     marker = root / "ComfyUI/custom_nodes/WithInstallPy/installed.txt"
     assert marker.read_text() == str(root / ".comfyfleet/constraints.txt")
+
+
+@pytest.mark.parametrize("pin", ["tag", "commit", "short commit"])
+async def test_a_checkout_at_its_pinned_ref_needs_no_network(tmp_path: Path, log: RunLog, pin):
+    repo = make_node_repo(tmp_path / "repos", "Repo", ["A"])
+    ref = {"tag": repo.tag, "commit": repo.commit, "short commit": repo.commit[:9]}[pin]
+    dest = tmp_path / "node"
+    first = await ensure_checkout(repo.url, ref, dest, log=log, source="t")
+    gone = repo.bare.rename(tmp_path / "unreachable.git")  # a fetch would now fail
+
+    again = await ensure_checkout(repo.url, ref, dest, log=log, source="t")
+
+    assert first.commit == again.commit == repo_commit(gone) and again.action == "unchanged"
+
+
+async def test_a_branch_ref_is_fetched_again(tmp_path: Path, log: RunLog):
+    repo = make_node_repo(tmp_path / "repos", "Repo", ["A"])
+    branch = subprocess.run(["git", "-C", str(repo.bare), "symbolic-ref", "--short", "HEAD"],
+                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    dest = tmp_path / "node"
+    await ensure_checkout(repo.url, branch, dest, log=log, source="t")
+    new = repo.commit_files({"c.py": ""}, message="on the branch")
+
+    moved = await ensure_checkout(repo.url, branch, dest, log=log, source="t")
+
+    assert moved.action == "updated" and moved.commit == new
+
+
+def repo_commit(bare: Path) -> str:
+    return subprocess.run(["git", "-C", str(bare), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip

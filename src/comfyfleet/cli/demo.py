@@ -36,6 +36,7 @@ def demo(
     from comfyfleet.cli.provision import render_event
     from comfyfleet.manifest import load_manifest
     from comfyfleet.preflight import check_manifest
+    from comfyfleet.progress import event_console
     from comfyfleet.provisioning import provision
     from comfyfleet.testing.demo_fixture import build_demo
     from comfyfleet.testing.modelserver import ModelServer
@@ -65,10 +66,11 @@ def demo(
             )
             for e in checked.entries:
                 out(f"    {e.status:4} {e.folder}/{e.filename}: {e.message}")
-            report = run_async(
-                lambda: provision(manifest, target, on_event=render_event),
-                resume_hint="run the demo again",
-            )
+            with event_console(render_event) as console:
+                report = run_async(
+                    lambda: provision(manifest, target, on_event=console.on_event),
+                    resume_hint="run the demo again",
+                )
         finally:
             server.stop_thread()
         out()

@@ -12,6 +12,7 @@ from comfyfleet.download import DownloadReport, download_all
 from comfyfleet.errors import Interrupted
 from comfyfleet.events import RunLog
 from comfyfleet.manifest import load_manifest
+from comfyfleet.progress import event_console
 from comfyfleet.units import format_size
 
 
@@ -45,11 +46,13 @@ def download(
         log = RunLog(root, "download")
         try:
             m = load_manifest(manifest)
-            report = run_async(
-                lambda: download_all(m, root, log, progress=None),
-                resume_hint="partial downloads are kept as .part files — "
-                "run the same command again to resume",
-            )
+            with event_console() as console:
+                log.subscribe(console.on_event)
+                report = run_async(
+                    lambda: download_all(m, root, log),
+                    resume_hint="partial downloads are kept as .part files — "
+                    "run the same command again to resume",
+                )
         except Interrupted as exc:
             log.finish(False, "interrupted")
             if json_out:

@@ -12,6 +12,7 @@ import typer
 from comfyfleet import runtime
 from comfyfleet.cli.app import app, emit_json, run, run_async
 from comfyfleet.manifest import load_manifest
+from comfyfleet.progress import event_console
 from comfyfleet.redact import redact_text
 
 MANIFEST = typer.Argument(..., help="The manifest (TOML or YAML).", show_default=False)
@@ -27,7 +28,11 @@ _last_phase: list[str] = [""]
 
 
 def render_event(event: dict[str, Any]) -> None:
-    """Human progress on stderr for the events the download renderer does not show."""
+    """Human progress on stderr for the events the download renderer does not show.
+
+    Writes to the terminal: subscribe it through :func:`comfyfleet.progress.event_console`,
+    which calls it on its own thread, never on the event loop.
+    """
     name = event["event"]
     if name == "phase_started":
         if event["phase"] != _last_phase[0]:
@@ -67,17 +72,13 @@ def provision(
 
     def body() -> int:
         m = load_manifest(manifest)
-        report = run_async(
-            lambda: do_provision(
-                m,
-                root,
-                strict=strict or None,
-                start=not no_start,
-                progress=None,
-                on_event=render_event,
-            ),
-            resume_hint="downloads and installs done so far are kept — run provision again",
-        )
+        with event_console(render_event) as console:
+            report = run_async(
+                lambda: do_provision(
+                    m, root, strict=strict or None, start=not no_start, on_event=console.on_event
+                ),
+                resume_hint="downloads and installs done so far are kept — run provision again",
+            )
         if json_out:
             emit_json(report.to_json())
         if not report.ok:

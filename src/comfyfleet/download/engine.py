@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import math
 import os
@@ -28,7 +29,7 @@ from comfyfleet.download.integrity import (
     check_sha256,
     check_size,
 )
-from comfyfleet.download.partfile import Identity, PartFile
+from comfyfleet.download.partfile import Identity, PartFile, disk_error
 from comfyfleet.download.segments import Segments
 from comfyfleet.download.transfer import (
     Dropped,
@@ -38,7 +39,7 @@ from comfyfleet.download.transfer import (
     fetch_whole,
 )
 from comfyfleet.errors import (
-    DiskFull,
+    ChecksumMismatch,
     DownloadError,
     RateLimited,
     ServerError,
@@ -71,13 +72,13 @@ RETRYABLE = (
 
 @dataclass
 class Verified:
-    """A file that landed verified at ``path``."""
+    """A file that landed verified at ``path``; ``stat`` is the landed inode's."""
 
     path: Path
     size: int
     sha256: str
     downloaded: int
-    skipped: bool = False
+    stat: os.stat_result
 
 
 #: stalls on one source before a file moves to its next mirror (when it has one)
@@ -89,7 +90,7 @@ class SourceSlow(DownloadError):
 
 
 class Hooks:
-    """What a file download reports to the scheduler (events, progress, errors.log)."""
+    """What one file's download reports to the scheduler (events, progress, errors.log)."""
 
     def started(self, dl: FileDownload, total: int | None, resumed: int) -> None: ...
     def progress(self, dl: FileDownload, n: int) -> None: ...
@@ -178,20 +179,20 @@ class FileDownload:
                     digest = await self._whole()
             else:
                 digest = await self._whole()
-            await asyncio.to_thread(self._verify_and_land, digest)
+            landed = await asyncio.to_thread(self._verify_and_land, digest)
         except BaseException:
             self._checkpoint(force=True)
             self.part.close()
             raise
         assert self.size is not None
-        return Verified(self.dest, self.size, digest, self.downloaded)
+        return Verified(self.dest, self.size, digest, self.downloaded, landed)
 
     # --- ranged (segmented) mode -------------------------------------------------------
 
     async def _ranged(self) -> str:
         assert self.size
-        resumed = self.part.resume_ranges()
-        self.part.open(keep=bool(resumed))
+        resumed = await asyncio.to_thread(self.part.resume_ranges)
+        await asyncio.to_thread(self.part.open, keep=bool(resumed))
         seg = self.seg = Segments(
             self.size, segment_size=self.settings.segment_size, min_split=MIN_SPLIT, done=resumed
         )
@@ -324,9 +325,8 @@ class FileDownload:
         """One stream from byte 0 (no ranges: unknown size or a server that ignores Range)."""
         self.hooks.started(self, self.size, 0)
         while True:
-            self.part.discard()
             self.seg = None
-            self.part.open(keep=False)
+            await asyncio.to_thread(self._restart_part)
             h = hashlib.sha256()
             try:
                 written = await fetch_whole(
@@ -344,9 +344,13 @@ class FileDownload:
             check_size(written, self.size, self.dest.name)
             return h.hexdigest()
 
+    def _restart_part(self) -> None:
+        self.part.discard()
+        self.part.open(keep=False)
+
     # --- verify and land ---------------------------------------------------------------
 
-    def _verify_and_land(self, digest: str) -> None:
+    def _verify_and_land(self, digest: str) -> os.stat_result:
         """Size, sha256 and content checks on the part file; then the atomic rename."""
         assert self.size is not None and self.part.fd is not None
         try:
@@ -361,15 +365,16 @@ class FileDownload:
             self.part.discard()
             raise
         try:
-            self.part.finalize()
+            return self.part.finalize()
         except OSError as exc:
-            if exc.errno == 28:
-                raise DiskFull(f"no space left to finish {self.dest}") from None
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise disk_error(exc, self.dest) from None
             raise DownloadError(f"cannot move {self.part.path} into place: {exc}") from None
 
 
-def link_or_copy(src: Path, dest: Path) -> None:
-    """Make ``dest`` the same bytes as ``src``: a hard link, else a copy; atomically."""
+def link_or_copy(src: Path, dest: Path, sha256: str | None) -> os.stat_result:
+    """Make ``dest`` the same bytes as ``src`` (a hard link, else a copy checked against
+    ``sha256``), atomically; return the stat of what landed. Blocking: run it in a thread."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.link.part")
     with contextlib.suppress(FileNotFoundError):
@@ -377,9 +382,25 @@ def link_or_copy(src: Path, dest: Path) -> None:
     try:
         os.link(src, tmp)
     except OSError:
-        import shutil
-
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        digest = _copy_hashed(src, tmp)
+        if sha256 and digest != sha256:
+            tmp.unlink()
+            raise ChecksumMismatch(
+                f"{dest.name}: the copy of {src} does not hash to {sha256}",
+                hint=f"{src} changed while it was copied; run again",
+            ) from None
+    landed = os.stat(tmp)
     os.replace(tmp, dest)
+    return landed
+
+
+def _copy_hashed(src: Path, dest: Path) -> str:
+    """Copy ``src`` to ``dest`` (fsynced), hashing the bytes as they are written."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        while chunk := fin.read(HASH_STEP):
+            h.update(chunk)
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return h.hexdigest()

@@ -47,11 +47,6 @@ class PrefixHasher:
             if upto > self.hashed:
                 await asyncio.to_thread(self._consume, upto)
 
-    def update_bytes(self, data: bytes) -> None:
-        """Feed bytes directly (single-stream mode, where data arrives in order)."""
-        self._h.update(data)
-        self.hashed += len(data)
-
     def hexdigest(self) -> str:
         return self._h.hexdigest()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 from collections.abc import Callable
@@ -94,11 +95,28 @@ class PartFile:
             return []
 
     def open(self, *, keep: bool) -> None:
-        """Open (``keep``: as is, to resume) or recreate the part file, preallocated."""
+        """Open (``keep``: as is, to resume) or recreate the part file, preallocated.
+
+        Blocking (glibc emulates ``posix_fallocate`` by writing blocks where the filesystem
+        cannot allocate): call it from a worker thread. The part file is locked while open,
+        so two writers can never share one (the bytes hashed are the bytes that land).
+        """
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_RDWR | os.O_CREAT | (0 if keep else os.O_TRUNC)
         try:
-            self.fd = os.open(self.path, flags, 0o644)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise disk_error(exc, self.final) from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.close()
+            raise DownloadError(
+                f"{self.path} is being written by another download",
+                hint="two entries or two runs must never write one file; wait for the other",
+            ) from None
+        try:
+            if not keep:
+                os.ftruncate(self.fd, 0)
             if self.identity.size:
                 # Allocates for real (unlike ftruncate), so a full disk fails here, up front.
                 os.posix_fallocate(self.fd, 0, self.identity.size)
@@ -137,16 +155,20 @@ class PartFile:
         with contextlib.suppress(OSError):
             write_atomic(self.sidecar, json.dumps(doc), fsync=False)
 
-    def finalize(self) -> None:
-        """fsync, rename over the final path, fsync the directory, drop the sidecar."""
+    def finalize(self) -> os.stat_result:
+        """fsync, rename over the final path (still locked), fsync the directory, drop the
+        sidecar; return the stat of the inode that landed (what verified.json records)."""
         if self.fd is None:
             raise DownloadError(f"{self.path} is closed")
         size = self.identity.size
         if size is not None and os.fstat(self.fd).st_size != size:
             os.ftruncate(self.fd, size)
         os.fsync(self.fd)
-        self.close()
-        os.replace(self.path, self.final)
+        landed = os.fstat(self.fd)
+        try:
+            os.replace(self.path, self.final)
+        finally:
+            self.close()
         dfd = os.open(self.final.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)
@@ -154,6 +176,7 @@ class PartFile:
             os.close(dfd)
         with contextlib.suppress(FileNotFoundError):
             self.sidecar.unlink()
+        return landed
 
     def discard(self) -> None:
         """Remove the part file and its sidecar (its bytes are known to be wrong)."""

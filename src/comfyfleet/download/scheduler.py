@@ -1,11 +1,16 @@
 """All of a manifest's models through one global queue: ``download_all``.
 
-Order of work: (1) a local pass, no network: files recorded in ``verified.json`` with an
-unchanged size and mtime are skipped; an existing file that is not recorded is re-hashed when
-its sha256 is known, never trusted. (2) The rest are resolved (HF/Civitai redirect once,
-bounded parallelism). (3) Downloads run largest-first, ``concurrency`` files at once and at
-most ``per_host`` files per host; identical URLs are fetched once and hard-linked. A failed
-file never stops the others; mirrors are tried when the primary fails.
+The :class:`~comfyfleet.download.plan.DownloadPlan` decides (destinations, skips, shared
+URLs, order, collisions); this module does the work: (1) a local pass, no network: files on
+record in ``verified.json`` are skipped, and a named file on disk that is not on record is
+re-hashed when its sha256 is known, never trusted. (2) The rest are resolved (HF/Civitai
+redirect once, bounded parallelism) and their names claimed in manifest order, so the later
+of two entries that land at one path fails before any of its bytes is written. (3) Fetches
+run largest-first, ``concurrency`` files at once and at most ``per_host`` files per host;
+identical URLs are fetched once and hard-linked. A failed file never stops the others;
+mirrors are tried when the primary fails. Blocking file work runs in threads.
+
+Nothing here renders progress: the CLI subscribes to the run log's events.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,11 +28,12 @@ import aiohttp
 from comfyfleet import sources
 from comfyfleet.download.engine import FileDownload, Hooks, Verified, link_or_copy
 from comfyfleet.download.integrity import check_content, hash_file
+from comfyfleet.download.plan import DownloadPlan, Fetch, PlannedFile
 from comfyfleet.download.state import VerifiedState
 from comfyfleet.download.transfer import session_timeout
 from comfyfleet.errors import ComfyfleetError, DiskFull, DownloadError, SourceError
 from comfyfleet.events import RunLog
-from comfyfleet.manifest import Manifest, ModelEntry
+from comfyfleet.manifest import Manifest
 from comfyfleet.redact import redact_text, redact_url
 from comfyfleet.retry import backoff
 from comfyfleet.sources.base import RemoteFile
@@ -55,10 +61,12 @@ class FileResult:
     #: bytes fetched over the network for this file in this run
     downloaded: int = 0
     seconds: float = 0.0
+    subfolder: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "folder": self.folder,
+            "subfolder": self.subfolder,
             "filename": self.filename,
             "status": self.status,
             "bytes": self.bytes,
@@ -103,37 +111,24 @@ class DownloadReport:
         }
 
 
-@dataclass
-class _Job:
-    """One manifest entry on its way through the queue."""
+@dataclass(eq=False)
+class FileJob:
+    """The run-time state of one planned file (what the plan does not decide)."""
 
-    index: int
-    entry: ModelEntry
-    filename: str | None
+    file: PlannedFile
     remote: RemoteFile | None = None
+    #: why the primary URL did not resolve (its mirrors are still tried)
     error: BaseException | None = None
     result: FileResult | None = None
-    followers: list[_Job] = field(default_factory=list)
     started: float = 0.0
     downloaded: int = 0
     progress_at: float = 0.0
-
-    @property
-    def name(self) -> str:
-        if self.filename:
-            return self.filename
-        tail = urlsplit(self.entry.url).path.rstrip("/").rsplit("/", 1)[-1]
-        return tail or self.entry.url
-
-    @property
-    def size(self) -> int:
-        if self.entry.size is not None:
-            return self.entry.size
-        return self.remote.size or 0 if self.remote else 0
+    #: the key this file has in status.json (its ``where``, which changes once named)
+    status_key: str = ""
 
     @property
     def key(self) -> str:
-        return f"{self.entry.folder}/{self.name}"
+        return self.file.where
 
 
 def _host(url: str) -> str:
@@ -155,77 +150,69 @@ def _describe(exc: BaseException) -> str:
     return redact_text(f"{type(exc).__name__}: {exc}")
 
 
-class _Run(Hooks):
-    """The state of one ``download_all`` call."""
+def _matches(path: Path, sha256: str, size: int | None) -> os.stat_result | None:
+    """The stat of ``path`` if its bytes hash to ``sha256`` and look like a model (blocking)."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if size is not None and st.st_size != size:
+                return None
+            if hash_file(path) != sha256.lower():
+                return None
+            check_content(lambda off, n: os.pread(fh.fileno(), n, off), st.st_size, path.name)
+            return st if os.fstat(fh.fileno()).st_mtime_ns == st.st_mtime_ns else None
+    except (OSError, ComfyfleetError):
+        return None
 
-    def __init__(self, manifest: Manifest, root: Path, log: RunLog) -> None:
-        self.manifest = manifest
-        self.root = Path(root)
-        self.log = log
-        self.settings = manifest.download
-        self.state = VerifiedState(self.root)
-        self.downloaded = 0
-        self.jobs: list[_Job] = []
-        self._by_dl: dict[int, _Job] = {}
-        self.files_sem = asyncio.Semaphore(self.settings.concurrency)
-        self.host_sems = {h: asyncio.Semaphore(c) for h, c in self.settings.per_host.items()}
 
-    # --- events -------------------------------------------------------------------------
+class FileReporter(Hooks):
+    """Turns one file's download callbacks into events, status and errors.log lines."""
 
-    def _fields(self, job: _Job, **extra: Any) -> dict[str, Any]:
-        return {
-            "folder": job.entry.folder,
-            "filename": job.name,
-            "url": redact_url(job.entry.url),
-            **extra,
-        }
-
-    def _status(self, job: _Job, status: str, **extra: Any) -> None:
-        self.log.status.files[job.key] = {"status": status, "total": job.size, **extra}
-        self.log.write_status(force=status != "downloading")
+    def __init__(self, run: DownloadRun, job: FileJob) -> None:
+        self.run = run
+        self.job = job
 
     def started(self, dl: FileDownload, total: int | None, resumed: int) -> None:
-        job = self._by_dl[id(dl)]
-        job.filename = dl.dest.name
+        job, run = self.job, self.run
         job.started = time.monotonic()
-        self.log.emit(
+        run.log.emit(
             "file_started",
-            **self._fields(job, total=total, resumed_from=resumed, bytes=resumed,
-                           fetch_host=_host(dl.remote.fetch_url)),
+            **run.fields(job, total=total, resumed_from=resumed, bytes=resumed,
+                         fetch_host=_host(dl.remote.fetch_url)),
         )  # fmt: skip
-        self.log.info(
+        run.log.info(
             f"download {job.key} ({total if total is not None else '?'} bytes"
             + (f", resuming at {resumed}" if resumed else "")
             + ")"
         )
-        self._status(job, "downloading", bytes=resumed)
+        run.status(job, "downloading", bytes=resumed)
 
     def progress(self, dl: FileDownload, n: int) -> None:
-        job = self._by_dl[id(dl)]
+        job, run = self.job, self.run
         job.downloaded += n
-        self.downloaded += n
-        self.log.status.bytes_done += n
+        run.downloaded += n
+        run.log.status.bytes_done += n
         now = time.monotonic()
         if now - job.progress_at >= PROGRESS_EVERY:
             job.progress_at = now
             done = dl.done_bytes if dl.seg else job.downloaded
             elapsed = max(1e-6, now - job.started)
-            self.log.emit(
+            run.log.emit(
                 "file_progress",
-                **self._fields(job, bytes=done, total=dl.size,
-                               speed=round(job.downloaded / elapsed)),
+                **run.fields(job, bytes=done, total=dl.size,
+                             speed=round(job.downloaded / elapsed)),
             )  # fmt: skip
-            self._status(job, "downloading", bytes=done)
+            run.status(job, "downloading", bytes=done)
 
     def retry(self, dl: FileDownload, exc: BaseException, attempt: int, delay: float) -> None:
-        job = self._by_dl[id(dl)]
+        job, run = self.job, self.run
         reason = _describe(exc)
-        self.log.emit(
+        run.log.emit(
             "file_retry",
-            **self._fields(job, attempt=attempt, delay=round(delay, 3), reason=reason,
-                           bytes=dl.done_bytes, total=dl.size),
+            **run.fields(job, attempt=attempt, delay=round(delay, 3), reason=reason,
+                         bytes=dl.done_bytes, total=dl.size),
         )  # fmt: skip
-        self.log.error(
+        run.log.error(
             job.key,
             f"retrying in {delay:.1f}s: {reason}",
             url=redact_url(dl.remote.fetch_url),
@@ -233,127 +220,211 @@ class _Run(Hooks):
             error=type(exc).__name__,
         )
 
-    # --- phases -------------------------------------------------------------------------
 
-    def plan(self) -> None:
-        for i, entry in enumerate(self.manifest.models):
-            job = _Job(i, entry, entry.filename)
-            self.jobs.append(job)
-            self.log.emit("file_queued", **self._fields(job, bytes=0, total=entry.size,
+class DownloadRun:
+    """One ``download_all`` call: the plan's fetches through the global and per-host caps."""
+
+    def __init__(
+        self, manifest: Manifest, root: Path, log: RunLog, state: VerifiedState, plan: DownloadPlan
+    ) -> None:
+        self.manifest = manifest
+        self.root = Path(root)
+        self.log = log
+        self.settings = manifest.download
+        self.state = state
+        self.plan = plan
+        self.jobs = [FileJob(f) for f in self.plan.files]
+        self.downloaded = 0
+        self.files_sem = asyncio.Semaphore(self.settings.concurrency)
+        self.host_sems = {h: asyncio.Semaphore(c) for h, c in self.settings.per_host.items()}
+        self.session: aiohttp.ClientSession | None = None
+
+    def job(self, file: PlannedFile) -> FileJob:
+        return self.jobs[file.index]
+
+    # --- events -------------------------------------------------------------------------
+
+    def fields(self, job: FileJob, **extra: Any) -> dict[str, Any]:
+        entry = job.file.entry
+        sub = {"subfolder": entry.subfolder} if entry.subfolder else {}
+        return {
+            "folder": entry.folder,
+            **sub,
+            "filename": job.file.name or job.key.rsplit("/", 1)[-1],
+            "url": redact_url(entry.url),
+            **extra,
+        }
+
+    def status(self, job: FileJob, status: str, **extra: Any) -> None:
+        files = self.log.status.files
+        if job.status_key and job.status_key != job.key:
+            files.pop(job.status_key, None)  # the name became known: one entry per file
+        job.status_key = job.key
+        files[job.key] = {"status": status, "total": job.file.size, **extra}
+        self.log.write_status(force=status != "downloading")
+
+    def queue_all(self) -> None:
+        for job in self.jobs:
+            entry = job.file.entry
+            self.log.emit("file_queued", **self.fields(job, bytes=0, total=entry.size,
                           required=entry.required))  # fmt: skip
-            self._status(job, "queued", bytes=0)
-        self.log.status.bytes_total = sum(j.size for j in self.jobs)
+            self.status(job, "queued", bytes=0)
+        self.log.status.bytes_total = sum(j.file.size or 0 for j in self.jobs)
 
-    def _dest(self, job: _Job, filename: str) -> Path:
-        return self.manifest.model_path(self.root, job.entry, filename)
+    # --- outcomes -----------------------------------------------------------------------
 
-    async def local_check(self, job: _Job) -> bool:
-        """Skip a file that is verified already (no network); True when skipped."""
-        entry = job.entry
-        folder_dir = self.manifest.comfyui_dir(self.root) / "models" / entry.folder
-        if job.filename:
-            path = self._dest(job, job.filename)
-            rec = self.state.get(path)
-        else:
-            found = self.state.find_by_url(folder_dir, redact_url(entry.url))
-            path, rec = found if found else (None, None)
-        if path is None:
-            return False
-        if rec is not None and self._record_fits(entry, rec):
-            self._skip(job, path, rec["sha256"], "verified earlier")
-            return True
-        # Exists but not recorded as verified: re-check it, never trust it.
-        if entry.sha256 and path.exists() and await self._matches(path, entry.sha256, entry.size):
-            self.state.record(path, entry.sha256, redact_url(entry.url))
-            self._skip(job, path, entry.sha256, "already present, sha256 checked")
-            return True
-        return False
-
-    def _record_fits(self, entry: ModelEntry, rec: dict[str, Any]) -> bool:
-        if entry.size is not None and rec.get("size") != entry.size:
-            return False
-        if entry.sha256:
-            return rec.get("sha256") == entry.sha256
-        urls = {redact_url(u) for u in [entry.url, *entry.mirrors]}
-        return rec.get("url") in urls
-
-    async def _matches(self, path: Path, sha256: str, size: int | None) -> bool:
-        try:
-            if size is not None and path.stat().st_size != size:
-                return False
-            digest = await asyncio.to_thread(hash_file, path)
-            if digest != sha256.lower():
-                return False
-
-            def read_at(off: int, n: int) -> bytes:
-                with open(path, "rb") as fh:
-                    return os.pread(fh.fileno(), n, off)
-
-            check_content(read_at, path.stat().st_size, path.name)
-            return True
-        except (OSError, ComfyfleetError):
-            return False
-
-    def _skip(self, job: _Job, path: Path, sha256: str, why: str) -> None:
-        job.filename = path.name
-        size = path.stat().st_size
+    def _result(self, job: FileJob, status: str, size: int, sha256: str | None,
+                error: str | None = None, seconds: float = 0.0) -> FileResult:  # fmt: skip
+        f = job.file
+        path = f.dest or self.manifest.model_dir(self.root, f.entry)
         job.result = FileResult(
-            job.entry.folder, path.name, "skipped", size, sha256, None,
-            job.entry.required, path, url=redact_url(job.entry.url),
+            f.entry.folder, f.name or f.where.rsplit("/", 1)[-1], status, size, sha256, error,
+            f.entry.required, path, url=redact_url(f.entry.url), downloaded=job.downloaded,
+            seconds=seconds, subfolder=f.entry.subfolder,
         )  # fmt: skip
-        self.log.emit("file_skipped", **self._fields(job, bytes=size, total=size, reason=why))
-        self.log.info(f"skip {job.key}: {why}")
-        self._status(job, "skipped", bytes=size)
+        return job.result
 
-    async def resolve(self, job: _Job, url: str) -> RemoteFile:
+    def skipped(self, job: FileJob) -> None:
+        skip = job.file.skip
+        assert skip is not None
+        self._result(job, "skipped", skip.size, skip.sha256)
+        self.log.emit("file_skipped", **self.fields(job, bytes=skip.size, total=skip.size,
+                      reason=skip.reason))  # fmt: skip
+        self.log.info(f"skip {job.key}: {skip.reason}")
+        self.status(job, "skipped", bytes=skip.size)
+
+    def verified(self, job: FileJob, v: Verified, seconds: float, **extra: Any) -> None:
+        self._result(job, "verified", v.size, v.sha256, seconds=seconds)
+        self.log.emit(
+            "file_verified",
+            **self.fields(job, bytes=v.size, total=v.size, sha256=v.sha256,
+                          downloaded=job.downloaded, seconds=round(seconds, 3), **extra),
+        )  # fmt: skip
+        how = f": hard link to {extra['linked_from']} (same URL)" if "linked_from" in extra else ""
+        self.log.info(f"verified {job.key} sha256={v.sha256}{how}")
+        self.status(job, "verified", bytes=v.size)
+
+    def fail(self, job: FileJob, exc: BaseException, seconds: float = 0.0) -> None:
+        reason = _describe(exc)
+        entry = job.file.entry
+        self._result(job, "failed", 0, None, reason, seconds)
+        level = "FAILED" if entry.required else "failed (optional, continuing)"
+        self.log.emit("file_failed", **self.fields(job, error=reason, bytes=0,
+                      total=job.file.size, required=entry.required,
+                      kind=type(exc).__name__))  # fmt: skip
+        self.log.error(job.key, f"{level}: {reason}", url=redact_url(entry.url),
+                       error=type(exc).__name__, attempts=None)  # fmt: skip
+        self.status(job, "failed", error=reason)
+
+    async def record(self, v: Verified, job: FileJob) -> None:
+        """Put ``v`` on record in verified.json (stat and fsync: off the loop)."""
+        url = redact_url(job.file.entry.url)
+        await asyncio.to_thread(self.state.record, v.path, v.sha256, url, v.stat)
+
+    # --- local pass ---------------------------------------------------------------------
+
+    async def local_pass(self) -> None:
+        """Skip what is verified already; re-hash named files on disk that are not on record."""
+        for file in self.plan.files:
+            if file.skip is not None:
+                self.skipped(self.job(file))
+            elif file.refused is not None:
+                self.fail(self.job(file), file.refused)
+        for file in self.plan.to_recheck():
+            await self.already_here(self.job(file), file.entry.sha256, file.entry.size)
+
+    async def already_here(self, job: FileJob, sha256: str | None, size: int | None) -> bool:
+        """Skip a named file that is on record, or on disk with the right sha256 (re-hashed
+        in a thread, then put on record); True when skipped."""
+        file = job.file
+        if self.plan.skip_recorded(file, sha256):
+            self.skipped(job)
+            return True
+        if not sha256 or file.dest is None:
+            return False
+        st = await asyncio.to_thread(_matches, file.dest, sha256, size)
+        if st is None:
+            return False
+        self.plan.skip(file, sha256, st.st_size, "already present, sha256 checked")
+        await self.record(Verified(file.dest, st.st_size, sha256, 0, st), job)
+        self.skipped(job)
+        return True
+
+    # --- network ------------------------------------------------------------------------
+
+    async def resolve(self, job: FileJob, url: str) -> RemoteFile:
         """Resolve ``url`` for ``job`` with backoff on retryable errors."""
+        assert self.session is not None
         attempt = 0
         while True:
             try:
-                return await sources.resolve(self.session, job.entry, url)
+                return await sources.resolve(self.session, job.file.entry, url)
             except SourceError as exc:
                 attempt += 1
                 if not exc.retryable or attempt > self.settings.retries:
                     raise
                 delay = exc.retry_after if getattr(exc, "retry_after", None) else None
                 delay = min(float(delay), 300.0) if delay is not None else backoff(attempt)
-                self.log.emit("file_retry", **self._fields(job, attempt=attempt,
+                self.log.emit("file_retry", **self.fields(job, attempt=attempt,
                               delay=round(delay, 3), reason=_describe(exc)))  # fmt: skip
                 self.log.error(job.key, f"resolving, retry in {delay:.1f}s: {_describe(exc)}",
                                url=redact_url(url), attempt=attempt)  # fmt: skip
                 await asyncio.sleep(delay)
 
-    async def prefetch(self, job: _Job, sem: asyncio.Semaphore) -> None:
-        """Resolve the primary URL ahead of the queue (sizes for largest-first ordering)."""
+    async def prefetch(self, fetch: Fetch, sem: asyncio.Semaphore) -> None:
+        """Resolve a fetch's URL once, ahead of the queue (names, sizes for the order)."""
+        lead = self.job(fetch.files[0])
         async with sem:
             try:
-                job.remote = await self.resolve(job, job.entry.url)
-                job.filename = job.filename or job.remote.filename
+                remote = await self.resolve(lead, fetch.url)
             except SourceError as exc:
-                job.error = exc
+                for f in fetch.files:
+                    self.job(f).error = exc
+                return
+        for f in fetch.files:
+            self.job(f).remote = remote
+            if f.size is None:
+                f.size = remote.size
 
-    async def run_job(self, job: _Job) -> None:
-        """Download one leader (then link its followers), under the global and host caps."""
-        cap = _cap_key(job.entry.url, self.settings.per_host)
+    def claim_names(self, fetches: list[Fetch]) -> None:
+        """Claim every resolved name in manifest order; a taken destination fails its entry."""
+        names = {
+            f.index: f.entry.filename or self.job(f).remote.filename  # type: ignore[union-attr]
+            for fetch in fetches
+            for f in fetch.files
+            if f.entry.filename or self.job(f).remote is not None
+        }
+        for file in self.plan.claim_resolved(names):
+            assert file.refused is not None
+            self.fail(self.job(file), file.refused)
+
+    async def run_fetch(self, fetch: Fetch) -> None:
+        """Download a fetch's first deliverable entry (under the caps), then link the others."""
+        members = [f for f in fetch.files if f.active]
+        if not members:
+            return
+        lead = self.job(members[0])
+        cap = _cap_key(fetch.url, self.settings.per_host)
         try:
             async with self.files_sem:
                 if cap is not None:
                     async with self.host_sems[cap]:
-                        await self._download(job)
+                        await self._download(lead)
                 else:
-                    await self._download(job)
+                    await self._download(lead)
         except Exception as exc:  # a bug in one file's path must not abort the others
-            self._fail(job, exc)
-        for follower in job.followers:
-            self._follow(follower, job)
+            self.fail(lead, exc)
+        for other in members[1:]:
+            await self._link(self.job(other), lead)
 
-    async def _download(self, job: _Job) -> None:
+    async def _download(self, job: FileJob) -> None:
         t0 = time.monotonic()
-        urls = [job.entry.url, *job.entry.mirrors]
+        entry = job.file.entry
+        urls = [entry.url, *entry.mirrors]
         last: BaseException | None = None
         for i, url in enumerate(urls):
             if i > 0:
-                self.log.info(f"{job.key}: trying mirror {redact_url(url)}")
+                self.log.info(f"mirror for {job.key}: trying {redact_url(url)}")
             try:
                 if i == 0 and job.remote is not None:
                     remote = job.remote
@@ -370,66 +441,30 @@ class _Run(Hooks):
                 more = " — trying a mirror" if i + 1 < len(urls) else ""
                 self.log.error(job.key, _describe(exc) + more, url=redact_url(url))
                 continue
-            job.result = FileResult(
-                job.entry.folder, verified.path.name,
-                "skipped" if verified.skipped else "verified",
-                verified.size, verified.sha256, None, job.entry.required, verified.path,
-                url=redact_url(job.entry.url), downloaded=job.downloaded,
-                seconds=time.monotonic() - t0,
-            )  # fmt: skip
-            if not verified.skipped:
-                self.log.emit(
-                    "file_verified",
-                    **self._fields(job, bytes=verified.size, total=verified.size,
-                                   sha256=verified.sha256, downloaded=job.downloaded,
-                                   seconds=round(time.monotonic() - t0, 3)),
-                )  # fmt: skip
-                self.log.info(f"verified {job.key} sha256={verified.sha256}")
-                self._status(job, "verified", bytes=verified.size)
+            if verified is not None:
+                self.verified(job, verified, time.monotonic() - t0)
             return
-        self._fail(job, last or DownloadError("no URL to download from"), time.monotonic() - t0)
-
-    def _fail(self, job: _Job, exc: BaseException, seconds: float = 0.0) -> None:
-        reason = _describe(exc)
-        filename = job.name
-        job.result = FileResult(
-            job.entry.folder, filename, "failed", 0, None, reason, job.entry.required,
-            self._dest(job, filename), url=redact_url(job.entry.url),
-            downloaded=job.downloaded, seconds=seconds,
-        )  # fmt: skip
-        level = "FAILED" if job.entry.required else "failed (optional, continuing)"
-        self.log.emit("file_failed", **self._fields(job, error=reason, bytes=0, total=job.size,
-                      required=job.entry.required, kind=type(exc).__name__))  # fmt: skip
-        self.log.error(job.key, f"{level}: {reason}", url=redact_url(job.entry.url),
-                       error=type(exc).__name__, attempts=None)  # fmt: skip
-        self._status(job, "failed", error=reason)
+        self.fail(job, last or DownloadError("no URL to download from"), time.monotonic() - t0)
 
     async def _fetch(
-        self, job: _Job, remote: RemoteFile, url: str, *, has_mirror: bool = False
-    ) -> Verified:
-        filename = job.entry.filename or remote.filename
-        dest = self._dest(job, filename)
-        job.filename = dest.name
-        sha = job.entry.sha256 or (remote.sha256.lower() if remote.sha256 else None)
-        rec = self.state.get(dest)
-        if rec is not None and (
-            rec.get("sha256") == sha if sha else self._record_fits(job.entry, rec)
-        ):
-            self._skip(job, dest, rec["sha256"], "verified earlier")
-            return Verified(dest, rec["size"], rec["sha256"], 0, skipped=True)
-        if sha and dest.exists() and await self._matches(dest, sha, job.entry.size or remote.size):
-            self.state.record(dest, sha, redact_url(job.entry.url))
-            self._skip(job, dest, sha, "already present, sha256 checked")
-            return Verified(dest, dest.stat().st_size, sha, 0, skipped=True)
+        self, job: FileJob, remote: RemoteFile, url: str, *, has_mirror: bool = False
+    ) -> Verified | None:
+        """Fetch ``remote`` into the job's destination; None when it turned out verified."""
+        file = job.file
+        dest = self.plan.claim(file, file.entry.filename or remote.filename)
+        sha = file.entry.sha256 or (remote.sha256.lower() if remote.sha256 else None)
+        # Now that the name is known, the file may be on record or on disk already.
+        if await self.already_here(job, sha, file.entry.size or remote.size):
+            return None
 
         async def reresolve() -> RemoteFile:
             return await self.resolve(job, url)
 
+        assert self.session is not None
         dl = FileDownload(
-            self.session, job.entry, remote, dest, self.settings, self, reresolve,
-            has_mirror=has_mirror,
+            self.session, file.entry, remote, dest, self.settings, FileReporter(self, job),
+            reresolve, has_mirror=has_mirror,
         )  # fmt: skip
-        self._by_dl[id(dl)] = job
         try:
             async with asyncio.timeout(self.settings.file_timeout or None):
                 verified = await dl.run()
@@ -440,56 +475,40 @@ class _Run(Hooks):
                 hint="the .part file is kept and resumes; raise file_timeout for very large "
                 "files on slow hosts",
             ) from None
-        finally:
-            self._by_dl.pop(id(dl), None)
-        self.state.record(dest, verified.sha256, redact_url(job.entry.url))
+        await self.record(verified, job)
         return verified
 
-    def _follow(self, job: _Job, leader: _Job) -> None:
-        """A second entry with the leader's URL: a hard link to the verified file."""
+    async def _link(self, job: FileJob, leader: FileJob) -> None:
+        """An entry with the leader's URL: a hard link to the leader's verified file."""
         lead = leader.result
         assert lead is not None
+        file = job.file
         if lead.status == "failed":
-            self._fail(job, DownloadError(f"same URL as {leader.key}, which failed: {lead.error}"))
+            self.fail(job, DownloadError(f"same URL as {leader.key}, which failed: {lead.error}"))
             return
-        filename = job.entry.filename or lead.filename
-        job.filename = filename
-        dest = self._dest(job, filename)
-        if job.entry.sha256 and job.entry.sha256 != lead.sha256:
-            self._fail(
-                job,
-                DownloadError(
-                    f"{filename}: the manifest's sha256 differs from {leader.key}'s, same URL"
-                ),
-            )
-            return  # fmt: skip
         try:
-            if dest != lead.path:
-                link_or_copy(lead.path, dest)
-        except OSError as exc:
-            self._fail(job, DownloadError(f"cannot link {lead.path} to {dest}: {exc}"))
+            dest = self.plan.claim(file, file.entry.filename or lead.filename)
+        except (ComfyfleetError, ValueError) as exc:
+            self.fail(job, exc)
             return
-        self.state.record(dest, lead.sha256 or "", redact_url(job.entry.url))
-        job.result = FileResult(
-            job.entry.folder, filename, "verified", lead.bytes, lead.sha256, None,
-            job.entry.required, dest, url=redact_url(job.entry.url),
-        )  # fmt: skip
-        self.log.emit("file_verified", **self._fields(job, bytes=lead.bytes, total=lead.bytes,
-                      sha256=lead.sha256, linked_to=str(lead.path), downloaded=0))  # fmt: skip
-        self.log.info(f"verified {job.key}: hard link to {leader.key} (same URL)")
-        self._status(job, "verified", bytes=lead.bytes)
+        if file.entry.sha256 and file.entry.sha256 != lead.sha256:
+            differs = f"{dest.name}: the manifest's sha256 differs from {leader.key}'s, same URL"
+            self.fail(job, DownloadError(differs))
+            return
+        try:
+            st = await asyncio.to_thread(link_or_copy, lead.path, dest, lead.sha256)
+        except (OSError, ComfyfleetError) as exc:
+            self.fail(job, DownloadError(f"cannot link {lead.path} to {dest}: {exc}"))
+            return
+        v = Verified(dest, lead.bytes, lead.sha256 or "", 0, st)
+        await self.record(v, job)
+        self.verified(job, v, 0.0, linked_from=leader.key, linked_to=str(lead.path))
 
     async def run(self) -> None:
-        self.plan()
-        pending = [j for j in self.jobs if not await self.local_check(j)]
-        leaders: dict[str, _Job] = {}
-        for job in pending:
-            lead = leaders.get(job.entry.url)
-            if lead is None:
-                leaders[job.entry.url] = job
-            else:
-                lead.followers.append(job)
-        if not leaders:
+        self.queue_all()
+        await self.local_pass()
+        fetches = self.plan.fetches()
+        if not fetches:
             return
         budget = self.settings.concurrency * self.settings.connections_per_file
         connector = aiohttp.TCPConnector(limit=budget + RESOLVE_PARALLEL, limit_per_host=0)
@@ -499,35 +518,30 @@ class _Run(Hooks):
             self.session = session
             sem = asyncio.Semaphore(RESOLVE_PARALLEL)
             async with asyncio.TaskGroup() as tg:
-                for job in leaders.values():
-                    tg.create_task(self.prefetch(job, sem))
-            self.log.status.bytes_total = sum(j.size for j in self.jobs)
-            order = sorted(leaders.values(), key=lambda j: j.size, reverse=True)
+                for fetch in fetches:
+                    tg.create_task(self.prefetch(fetch, sem))
+            self.claim_names(fetches)
+            self.log.status.bytes_total = sum(j.file.size or 0 for j in self.jobs)
             async with asyncio.TaskGroup() as tg:
-                for job in order:
-                    tg.create_task(self.run_job(job))
+                for fetch in self.plan.order(fetches):
+                    tg.create_task(self.run_fetch(fetch))
 
 
-async def download_all(
-    manifest: Manifest, root: Path, log: RunLog, *, progress: bool | None = None
-) -> DownloadReport:
+async def download_all(manifest: Manifest, root: Path, log: RunLog) -> DownloadReport:
     """Download and verify every model of ``manifest`` under ``root``.
 
     Emits the file_* events itself and never raises for one file's failure; ``report.ok`` is
     False iff a required file failed. Cancellation (Ctrl-C/SIGTERM) propagates after every
     part file's sidecar was saved: a re-run resumes, and no final file is half-written.
-    ``progress``: None = rich bars on a TTY, plain lines on stderr otherwise; False = none.
+    Progress for people is the caller's: subscribe to ``log`` (see ``comfyfleet.progress``).
     """
-    from comfyfleet.progress import ProgressRenderer
-
     t0 = time.monotonic()
     log.set_phase("download")
-    run = _Run(manifest, root, log)
-    renderer = ProgressRenderer.start(log, enabled=progress)
-    try:
-        await run.run()
-    finally:
-        renderer.stop()
+    # Both stat every record and every destination: off the loop.
+    state = await asyncio.to_thread(VerifiedState, root)
+    plan = await asyncio.to_thread(DownloadPlan, manifest, Path(root), state.records)
+    run = DownloadRun(manifest, root, log, state, plan)
+    await run.run()
     files = [j.result for j in run.jobs if j.result is not None]
     ok = all(f.status != "failed" or not f.required for f in files)
     report = DownloadReport(ok, files, run.downloaded, time.monotonic() - t0)

@@ -1,14 +1,19 @@
 """``ROOT/.comfyfleet/verified.json``: which final files were verified, and as what.
 
-A file counts as verified only if it is recorded here *and* its current size and mtime_ns
-still match the record — so a re-run can skip it without touching the network, while a file
-that merely exists (copied in, truncated, edited) is re-checked, never trusted.
+A file counts as verified only if it is recorded here *and* its current size, mtime_ns (and
+inode, when recorded) still match the record — so a re-run can skip it without touching the
+network, while a file that merely exists (copied in, truncated, replaced) is re-checked, never
+trusted. A record is made from the ``stat`` of the exact inode that was verified and renamed
+into place, never from a later look at the path.
+
+Everything here blocks (stat, read, fsync): the scheduler calls it from a worker thread.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,53 +38,46 @@ def _read(root: Path) -> dict[str, dict[str, Any]]:
     return doc if isinstance(doc, dict) else {}
 
 
+def _still_valid(rec: Any, st: os.stat_result) -> bool:
+    return (
+        isinstance(rec, dict)
+        and st.st_size == rec.get("size")
+        and st.st_mtime_ns == rec.get("mtime_ns")
+        and rec.get("ino", st.st_ino) == st.st_ino
+    )
+
+
 def load_verified(root: Path) -> dict[str, dict[str, Any]]:
-    """Records (key: path relative to ``root``) whose files still have the recorded size+mtime."""
+    """Records (key: path relative to ``root``) whose files still match the recorded stat."""
     out: dict[str, dict[str, Any]] = {}
     for key, rec in _read(root).items():
         try:
             st = (Path(root) / key).stat()
         except OSError:
             continue
-        if (
-            isinstance(rec, dict)
-            and st.st_size == rec.get("size")
-            and st.st_mtime_ns == rec.get("mtime_ns")
-        ):
+        if _still_valid(rec, st):
             out[key] = rec
     return out
 
 
 class VerifiedState:
-    """The verified-file record of one root, updated as files are verified."""
+    """The verified-file record of one root, updated as files are verified (thread-safe)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.records = load_verified(self.root)
+        self._lock = threading.Lock()
 
-    def get(self, path: Path) -> dict[str, Any] | None:
-        return self.records.get(_key(self.root, path))
-
-    def find_by_url(self, folder_dir: Path, url: str) -> tuple[Path, dict[str, Any]] | None:
-        """A verified file in ``folder_dir`` downloaded from ``url`` (when the name is unknown)."""
-        for key, rec in self.records.items():
-            path = self.root / key
-            if path.parent == folder_dir and rec.get("url") == url:
-                return path, rec
-        return None
-
-    def record(self, path: Path, sha256: str, url: str) -> None:
-        st = path.stat()
-        self.records[_key(self.root, path)] = {
-            "size": st.st_size,
-            "sha256": sha256,
-            "mtime_ns": st.st_mtime_ns,
-            "url": url,
-        }
-        self._save()
-
-    def forget(self, path: Path) -> None:
-        if self.records.pop(_key(self.root, path), None) is not None:
+    def record(self, path: Path, sha256: str, url: str, st: os.stat_result) -> None:
+        """Record ``path`` as holding bytes with ``sha256``; ``st`` is the verified inode's stat."""
+        with self._lock:
+            self.records[_key(self.root, path)] = {
+                "size": st.st_size,
+                "sha256": sha256,
+                "mtime_ns": st.st_mtime_ns,
+                "ino": st.st_ino,
+                "url": url,
+            }
             self._save()
 
     def _save(self) -> None:

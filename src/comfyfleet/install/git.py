@@ -5,7 +5,8 @@ A checkout is always driven the same way — ``git init`` (if needed) + ``fetch`
 (models downloaded into ``ComfyUI/models/`` while ComfyUI is still being fetched). A checkout
 with local changes to tracked files, or with commits that are on no remote ref, is reported and
 left alone (ai-dock/comfyui #8: ``git pull`` over a dirty tree). A second run at a pinned
-commit or tag that is already checked out touches nothing, not even the network.
+commit (full or abbreviated) or tag that is already checked out touches nothing, not even the
+network; only a branch (or no ref: the default branch) is fetched again to see where it is.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from comfyfleet.install.process import run_command
 from comfyfleet.redact import redact_url
 
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+#: a commit id as people pin it: full, or abbreviated to at least git's default 7 digits
+_COMMIT_ID = re.compile(r"^[0-9a-fA-F]{7,40}$")
 
 
 @dataclass
@@ -69,6 +72,21 @@ async def resolve_local(path: Path, ref: str | None) -> str | None:
     return None
 
 
+async def pinned_commit(path: Path, ref: str) -> str | None:
+    """The commit a pinned ``ref`` names in the local repository: a tag, or a commit id (full
+    or abbreviated). None for a branch (it moves: only a fetch tells where) or an unknown ref."""
+    if await _try("rev-parse", "--verify", "-q", f"refs/remotes/origin/{ref}^{{commit}}", cwd=path):
+        return None
+    tag = await _try("rev-parse", "--verify", "-q", f"refs/tags/{ref}^{{commit}}", cwd=path)
+    if tag:
+        return tag
+    if _COMMIT_ID.match(ref):
+        found = await _try("rev-parse", "--verify", "-q", f"{ref}^{{commit}}", cwd=path)
+        if found and found.startswith(ref.lower()):
+            return found
+    return None
+
+
 async def ensure_checkout(
     repo: str, ref: str | None, dest: Path, *, log: RunLog, source: str
 ) -> Checkout:
@@ -81,11 +99,9 @@ async def ensure_checkout(
     is_new = not (dest / ".git").exists()
     current = None if is_new else await head_commit(dest)
 
-    # Fast path: a pinned commit or a tag already checked out needs nothing, not even a fetch.
-    if current and ref and not is_new:
-        tag = await _try("rev-parse", "--verify", "-q", f"refs/tags/{ref}^{{commit}}", cwd=dest)
-        if (_FULL_SHA.match(ref) and current == ref) or tag == current:
-            return Checkout(dest, current, "unchanged", await _dirty_warning(dest))
+    # Fast path: a pinned ref already checked out needs nothing, not even the network.
+    if current and ref and not is_new and await pinned_commit(dest, ref) == current:
+        return Checkout(dest, current, "unchanged", await _dirty_warning(dest))
 
     dest.mkdir(parents=True, exist_ok=True)
     try:
