@@ -223,6 +223,23 @@ API = {
 }
 
 
+def test_a_model_listed_without_a_url_is_a_block_in_its_directory(tmp_path: Path):
+    node = {"id": 5, "type": "Custom", "properties": {"models": [
+        {"name": "clip_vision_h.safetensors", "directory": "clip_vision"},
+        {"name": "x.safetensors", "directory": "../../etc"},
+    ]}, "widgets_values": []}  # fmt: skip
+    note = {"id": 6, "type": "Note", "widgets_values": ["download my_model.safetensors first"]}
+    _doc, text, _stderr = imported(tmp_path, {"nodes": [node, note]})
+    block = text.split("# needs a URL (Custom, node 5):\n# [[models]]\n", 1)[1]
+    assert block.startswith(
+        '# url = ""\n# folder = "clip_vision"\n# filename = "clip_vision_h.safetensors"'
+    )
+    assert (
+        "# needs a URL (Custom, node 5):\n# [[models]]\n# folder unknown" in text
+    )  # ../../etc dropped
+    assert "my_model" not in text  # a note's text is not a file choice
+
+
 def test_api_format_custom_loaders_and_packs_by_class(tmp_path: Path):
     doc, text, _stderr = imported(tmp_path, API)
     assert [n["repo"] for n in doc["nodes"]] == [

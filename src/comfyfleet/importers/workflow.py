@@ -55,6 +55,8 @@ _INACTIVE = {2: "muted", 4: "bypassed"}
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 _AUX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 _CORE = "comfy-core"
+#: nodes whose widgets hold free text, not file choices
+_TEXT_NODES = frozenset({"Note", "MarkdownNote", "PrimitiveStringMultiline"})
 
 
 def _has_file_extension(value: str) -> bool:
@@ -81,13 +83,19 @@ class _WorkflowReader:
         self.result = ImportResult(str(path), workflows=[workflow_path])
         self.table = pack_table()
         self.packs: dict[str, _PackUse] = {}
+        #: (subfolder, filename) of every file already listed, with a URL or without
+        self.named: set[tuple[str, str]] = set()
 
     def read(self) -> ImportResult:
         for node in self.workflow.nodes:
             self.listed_models(node)
-        named = {(m.subfolder, m.filename) for m in self.result.models}
         for node in self.workflow.nodes:
-            self.named_files(node, named)
+            self.named_files(node)
+        live = {(m.subfolder, m.filename) for m in self.result.models if not m.commented}
+        self.result.models = [  # a file some node lists with a URL needs no block to fill in
+            m for m in self.result.models
+            if not m.commented or (m.subfolder, m.filename) not in live
+        ]  # fmt: skip
         for node in self.workflow.nodes:
             self.custom_node(node)
         for use in self.packs.values():
@@ -113,8 +121,10 @@ class _WorkflowReader:
             shown = f"{node.label}: properties.models {m.get('name')!r}"
             url = m.get("url") if isinstance(m.get("url"), str) else ""
             directory = m.get("directory") if isinstance(m.get("directory"), str) else ""
-            if not url:
-                continue  # named without a URL: handled with the widget values
+            if not url:  # listed without a URL: a block to fill in, in its directory
+                plain = re.fullmatch(r"[A-Za-z0-9_.-]+", directory) and ".." not in directory
+                self.needs_url(node, m["name"], directory if plain else "", self.named)
+                continue
             sub, name = _split_name(m["name"])
             try:
                 if not directory:
@@ -156,6 +166,7 @@ class _WorkflowReader:
 
     def add_model(self, model: ImportedModel) -> None:
         """Add, merging the same file listed by several nodes (required if any node is on)."""
+        self.named.add((model.subfolder, model.filename or ""))
         for other in self.result.models:
             if (other.url, other.folder, other.subfolder, other.filename) == (
                 model.url, model.folder, model.subfolder, model.filename
@@ -199,39 +210,40 @@ class _WorkflowReader:
         lowered = (name or "").lower()
         return next((folder for prefix, folder in WIDGET_FOLDERS if prefix in lowered), "")
 
-    def named_files(self, node: WorkflowNode, named: set[tuple[str, str | None]]) -> None:
+    def named_files(self, node: WorkflowNode) -> None:
+        if node.class_type in _TEXT_NODES:
+            return
         for name, index, value in self.widget_values(node):
-            if not isinstance(value, str) or not _has_file_extension(value.strip()):
+            if not isinstance(value, str) or "\n" in value or len(value) > 512:
                 continue
-            sub, filename = _split_name(value.strip())
-            if (sub, filename) in named:
-                continue
-            folder = self.folder_for(node, name, index)
-            why = f"needs a URL ({node.class_type}, node {node.id}"
-            why += f", {_INACTIVE[node.mode]})" if node.mode in _INACTIVE else ")"
-            try:
-                plain_name(filename, what="filename")
-                for seg in sub.split("/") if sub else []:
-                    plain_name(seg, what="subfolder segment")
-                if folder:
-                    plain_name(folder, what="folder")
-            except UnsafeName as exc:
-                self.result.skip(0, f"{node.label}: {value}", f"refused: {exc}")
-                continue
-            notes = [] if folder else ["folder unknown: write the ComfyUI folder this loader reads"]
-            note = self.inactive_note(node)
-            self.add_model(
-                ImportedModel(
-                    "",
-                    folder,
-                    filename,
-                    sub,
-                    required=note is None,
-                    notes=notes,
-                    commented=why,
-                )
-            )
-            named.add((sub, filename))
+            if _has_file_extension(value.strip()):
+                self.needs_url(node, value, self.folder_for(node, name, index), self.named)
+
+    def needs_url(
+        self, node: WorkflowNode, value: str, folder: str, named: set[tuple[str, str]]
+    ) -> None:
+        """A commented ``[[models]]`` block for a file the workflow names without a URL."""
+        sub, filename = _split_name(value.strip())
+        if (sub, filename) in named:
+            return
+        why = f"needs a URL ({node.class_type}, node {node.id}"
+        why += f", {_INACTIVE[node.mode]})" if node.mode in _INACTIVE else ")"
+        try:
+            plain_name(filename, what="filename")
+            for seg in sub.split("/") if sub else []:
+                plain_name(seg, what="subfolder segment")
+            if folder:
+                plain_name(folder, what="folder")
+        except UnsafeName as exc:
+            self.result.skip(0, f"{node.label}: {value}", f"refused: {exc}")
+            return
+        notes = [] if folder else ["folder unknown: write the ComfyUI folder this loader reads"]
+        note = self.inactive_note(node)
+        model = ImportedModel(
+            "", folder, filename, sub, required=note is None, notes=notes, commented=why
+        )
+        self.add_model(model)
+        named.add((sub, filename))
 
     # --- custom nodes --------------------------------------------------------------------
 
