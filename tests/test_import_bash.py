@@ -217,6 +217,24 @@ provisioning_get_files "$COMFYUI_DIR/models/loras" "${LORAS[@]}"
 # --- 3. "URL:SUBDIR:FILENAME" ------------------------------------------------------------------
 
 
+def test_an_array_without_a_download_call_takes_the_folder_its_name_says(tmp_path):
+    script = r"""
+declare -A CHECKPOINTS=( ["https://example.com/a"]="a.safetensors" )
+FLUX_LORAS=("https://example.com/l.safetensors")
+WAN_CLIP_VISION=("https://example.com/cv.safetensors")
+MISC_STUFF=("https://example.com/m.safetensors")
+"""
+    models, _nodes, _text, stderr = imported(tmp_path, script)
+    assert [(m["url"].rsplit("/", 1)[1], m["folder"]) for m in models] == [
+        ("a", "checkpoints"),
+        ("l.safetensors", "loras"),
+        ("cv.safetensors", "clip_vision"),
+    ]
+    assert (
+        "line 5: MISC_STUFF: https://example.com/m.safetensors — no ComfyUI model folder" in stderr
+    )
+
+
 def test_url_subdir_filename_splits_from_the_right_and_keeps_the_query_exact(tmp_path):
     script = r"""
 MODELS=(

@@ -84,6 +84,14 @@ ARRAY_FOLDERS: dict[str, str] = {
     "STYLE_MODELS": "style_models",
     "HYPERNETWORK_MODELS": "hypernetworks",
 }
+#: words in other array names (CHECKPOINTS, FLUX_LORAS, …), most specific first
+_NAME_WORDS: tuple[tuple[str, str], ...] = (
+    ("LATENT_UPSCALE", "latent_upscale_models"), ("CLIP_VISION", "clip_vision"),
+    ("TEXT_ENCODER", "text_encoders"), ("CHECKPOINT", "checkpoints"), ("CKPT", "checkpoints"),
+    ("LORA", "loras"), ("VAE", "vae"), ("UNET", "diffusion_models"),
+    ("DIFFUSION", "diffusion_models"), ("CONTROLNET", "controlnet"), ("ESRGAN", "upscale_models"),
+    ("UPSCALE", "upscale_models"), ("EMBEDDING", "embeddings"), ("CLIP", "text_encoders"),
+)  # fmt: skip
 NODE_ARRAYS = frozenset({"NODES", "CUSTOM_NODES"})
 #: arrays whose items have no manifest equivalent, and what to do instead
 OTHER_ARRAYS: dict[str, str] = {
@@ -462,7 +470,7 @@ class _Reader:
                 targets.append((locate(path, is_file=False), line, tag))
             except NotAModelPath as exc:
                 self.result.skip(line, f"{arr.name} → {readable(path)}", str(exc))
-        by_name = ARRAY_FOLDERS.get(arr.name)
+        by_name = ARRAY_FOLDERS.get(arr.name) or folder_from_name(arr.name)
         if not targets and by_name:
             targets = [(Location(by_name), arr.line, None)]
         for item in arr.items:
@@ -544,6 +552,12 @@ class _Reader:
                 entry.model.subfolder = dst.subfolder
                 entry.model.filename = dst.filename or entry.model.destination[2]
                 entry.model.notes.append(f"renamed by the script's mv (line {rename.line})")
+
+
+def folder_from_name(name: str) -> str | None:
+    """The folder an array's name suggests (``FLUX_LORAS`` → ``loras``), when it names one."""
+    upper = name.upper()
+    return next((folder for word, folder in _NAME_WORDS if word in upper), None)
 
 
 def import_bash_script(text: str, source: str = "script") -> ImportResult:
