@@ -504,3 +504,23 @@ git clone https://github.com/y/z/.. "$COMFYUI_DIR/custom_nodes/.."
     assert [n["repo"] for n in nodes] == ["https://github.com/ok/ComfyUI-Fine"]
     assert "line 2:" in stderr and "line 3:" in stderr
     assert stderr.count("refused: node folder '..'") == 2
+
+
+def test_embedded_workflows_input_files_and_helper_installs(tmp_path):
+    script = r"""
+write_workflow() {
+    cat > "$WORKFLOW_DIR/t2v.json" << 'WORKFLOW_JSON'
+{"nodes": [{"id": 1, "type": "VAELoader", "widgets_values": ["v.safetensors"]}]}
+WORKFLOW_JSON
+}
+install_node() {
+    pip install --no-cache-dir -r "$1/requirements.txt"
+}
+wget -O "$COMFYUI_DIR/input/example.jpg" https://example.com/example.jpg
+wget -P "$COMFYUI_DIR/models/vae" https://example.com/v.safetensors
+"""
+    _models, _nodes, _text, stderr = imported(tmp_path, script)
+    lines = stderr.splitlines()
+    assert len(lines) == 2, stderr
+    assert "line 4: here-document, lines 4-4 — an embedded ComfyUI workflow" in lines[0]
+    assert "line 10:" in lines[1] and "an input file for ComfyUI (input/), not a model" in lines[1]

@@ -22,6 +22,7 @@ mechanism, not data, and are not reported.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -180,11 +181,7 @@ class _Reader:
             if isinstance(item, ArrayAssign):
                 self.array(item)
             elif isinstance(item, HereDoc):
-                if "http://" in item.body or "https://" in item.body:
-                    self.result.skip(
-                        item.start, item.body.split("\n", 1)[0], "a here-document (a file the "
-                        "script writes) is not read; add what it downloads by hand"
-                    )  # fmt: skip
+                self.heredoc(item)
             elif isinstance(item, Op):
                 prev = items[i - 1] if i else None
                 if item.text == "(" and isinstance(prev, Command) and len(prev.words) == 1:
@@ -194,6 +191,17 @@ class _Reader:
             else:
                 self.command(item)
         return self.finish()
+
+    def heredoc(self, doc: HereDoc) -> None:
+        """A here-document is a file the script writes, not commands: named when it matters."""
+        where = f"here-document, lines {doc.start}-{doc.end}"
+        if _is_workflow(doc.body):
+            self.result.skip(doc.start, where, "an embedded ComfyUI workflow: save it as a "
+                             ".json file, run comfyfleet import on it, and add it as "
+                             "[[workflows]]")  # fmt: skip
+        elif "http://" in doc.body or "https://" in doc.body:
+            why = "holds URLs the script writes to a file (not read); add what it fetches by hand"
+            self.result.skip(doc.start, where, why)
 
     def command(self, cmd: Command) -> None:
         words = cmd.words
@@ -281,7 +289,8 @@ class _Reader:
                 self.result.skip(cmd.line, text, str(exc))
             return
         if name in _PACKAGE_TOOLS and "install" in rest:
-            self.result.skip(cmd.line, text, "a package install: install it in the image")
+            if not self.helper(args):  # a helper's pip install "$requirements" is machinery
+                self.result.skip(cmd.line, text, "a package install: install it in the image")
             return
         self.generic(cmd, name, args, text)
 
@@ -552,6 +561,19 @@ class _Reader:
                 entry.model.subfolder = dst.subfolder
                 entry.model.filename = dst.filename or entry.model.destination[2]
                 entry.model.notes.append(f"renamed by the script's mv (line {rename.line})")
+
+
+def _is_workflow(body: str) -> bool:
+    """True when a here-document's text is a ComfyUI workflow (UI or API format)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    if isinstance(data, dict) and isinstance(data.get("nodes"), list):
+        return True
+    return isinstance(data, dict) and any(
+        isinstance(v, dict) and "class_type" in v for v in data.values()
+    )
 
 
 def folder_from_name(name: str) -> str | None:

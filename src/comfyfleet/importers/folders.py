@@ -88,6 +88,8 @@ def locate(path: str, *, is_file: bool) -> Location:
     parts = path.replace("\\", "/").split("/")
     searchable = parts[:-1] if is_file else parts
     if "models" not in searchable:
+        if "input" in searchable:
+            raise NotAModelPath("an input file for ComfyUI (input/), not a model")
         raise NotAModelPath("not under a models/ directory")
     index = max(i for i, p in enumerate(searchable) if p == "models")
     return split_relative("/".join(parts[index + 1 :]), is_file=is_file)

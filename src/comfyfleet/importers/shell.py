@@ -282,7 +282,7 @@ def _read_heredoc(s: _Scanner, delim: str, strip: bool) -> HereDoc:
         if (raw.lstrip("\t") if strip else raw).rstrip("\r") == delim:
             break
         lines.append(raw)
-    return HereDoc(start, s.line - 1, "\n".join(lines))
+    return HereDoc(start, start + max(len(lines), 1) - 1, "\n".join(lines))
 
 
 @dataclass
