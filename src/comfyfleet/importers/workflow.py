@@ -38,11 +38,13 @@ from comfyfleet.names import UnsafeName, escape_controls, plain_name
 FILE_EXTENSIONS = MODEL_EXTENSIONS | {".gguf", ".onnx"}
 #: widget name (prefix) → folder, for classes nobody has told us about
 WIDGET_FOLDERS: tuple[tuple[str, str], ...] = (
+    ("clip_vision", "clip_vision"),
     ("ckpt_name", "checkpoints"),
     ("lora", "loras"),
     ("vae", "vae"),
     ("unet_name", "diffusion_models"),
     ("clip_name", "text_encoders"),
+    ("text_encoder", "text_encoders"),
     ("control_net", "controlnet"),
     ("controlnet", "controlnet"),
     ("upscale_model", "upscale_models"),
