@@ -33,3 +33,14 @@ def test_unknown_names_raise_attribute_error() -> None:
         assert "not_a_name" in str(exc)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_every_public_name_is_documented_in_the_readme() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Public API\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", section))
+    missing = sorted(set(comfyfleet.__all__) - documented)
+    assert missing == [], f"README's Public API section does not list {missing}"

@@ -39,3 +39,42 @@ def test_environment_secrets_are_redacted_anywhere(secret):
             del os.environ["CIVITAI_TOKEN"]
         else:
             os.environ["CIVITAI_TOKEN"] = old
+
+
+# --- every URL inside free text ------------------------------------------------------------
+
+
+def test_every_url_in_free_text_is_redacted():
+    text = (
+        "503, message='Service Unavailable', url='https://cdn.example/o?X-Amz-Signature=SIG1&"
+        "X-Amz-Credential=CRED1' after a redirect from URL('http://u:PW1@h.example/x?token=TOK1'),"
+        " then (see https://h.example/a?sig=SIG2). Done"
+    )
+    out = redact_text(text)
+    for secret in ("SIG1", "CRED1", "PW1", "TOK1", "SIG2"):
+        assert secret not in out
+    # what is not secret stays readable, punctuation after a URL included
+    assert "url='https://cdn.example/o?X-Amz-Signature=***&X-Amz-Credential=***'" in out
+    assert "URL('http://***@h.example/x?token=***')," in out
+    assert "(see https://h.example/a?sig=***). Done" in out
+
+
+def test_a_url_that_does_not_parse_loses_its_query_and_userinfo():
+    out = redact_text("bad http://user:PW2@[::1/x?token=TOK2 here")
+    assert "PW2" not in out and "TOK2" not in out and out.endswith(" here")
+
+
+@given(
+    secret=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.~", min_size=6, max_size=30),
+    param=st.sampled_from(["token", "X-Amz-Signature", "sig", "api_key", "X-Goog-Signature"]),
+    before=st.text(max_size=20).filter(lambda s: "://" not in s),
+    after=st.sampled_from(["", " ", "'", '"', ")", ". next", ", more", "\n"]),
+)
+def test_a_secret_query_value_never_survives_in_any_text(secret, param, before, after):
+    text = f"{before} https://host.example/p/file.bin?a=1&{param}={secret}{after}"
+    assert f"{param}={secret}" not in redact_text(text)
+
+
+@given(password=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=6, max_size=20))
+def test_userinfo_never_survives_in_any_text(password):
+    assert password not in redact_text(f"cannot connect: http://me:{password}@10.0.0.1:8080/x")

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from comfyfleet import errors
 from comfyfleet.cli import _register, app
 from comfyfleet.manifest import ModelEntry
+from comfyfleet.retry import RetryPolicy
 from comfyfleet.sources import resolve
 from comfyfleet.testing.modelserver import Faults, ModelServer, make_safetensors
 
@@ -79,7 +80,9 @@ async def test_exceptions_never_contain_a_token(server):
     async with aiohttp.ClientSession() as session:
         for url in urls(server):
             try:
-                remote = await resolve(session, ModelEntry(url=url, folder="loras"), attempts=1)
+                remote = await resolve(
+                    session, ModelEntry(url=url, folder="loras"), policy=RetryPolicy(retries=0)
+                )
             except errors.SourceError as exc:
                 assert_clean(str(exc))
                 assert_clean(repr(exc))

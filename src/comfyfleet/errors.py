@@ -8,6 +8,12 @@ Messages never contain secrets: callers pass URLs through :func:`comfyfleet.reda
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
 
 class ComfyfleetError(Exception):
     """Base class: something went wrong that a person can understand and act on."""
@@ -152,7 +158,7 @@ class DestinationTaken(DownloadError):
 
 
 class DiskFull(DownloadError):
-    """No space left on the device that holds the model folder."""
+    """No space (or no quota) left on the device that holds a model folder or the run's state."""
 
 
 # --- provisioning and runtime ------------------------------------------------------------
@@ -198,3 +204,110 @@ class Interrupted(ComfyfleetError):
     """Stopped by SIGINT/SIGTERM; the work done so far is kept and resumable."""
 
     exit_code = 130
+
+
+# --- one place that says what a failure stands for --------------------------------------
+
+#: errno values that mean "the disk (or the user's quota) is full"
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: how every disk-full verdict begins (scripts and the fleet may match it)
+DISK_FULL_PREFIX = "disk full:"
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc`` with every (nested) exception group flattened, in order."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for :class:`DiskFull` and for an OSError whose errno is ENOSPC or EDQUOT."""
+    return isinstance(exc, DiskFull) or (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS)
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The one exception a failure (a group, possibly nested) stands for.
+
+    A full disk wins, since it is usually why the other tasks failed too; then the first leaf
+    that is not a cancellation (a TaskGroup cancels the siblings of the task that failed).
+    """
+    import asyncio  # here, not at the top: `import comfyfleet.errors` stays cheap for the CLI
+
+    found = leaves(exc)
+    for leaf in found:
+        if is_disk_full(leaf):
+            return leaf
+    for leaf in found:
+        if not isinstance(leaf, asyncio.CancelledError):
+            return leaf
+    return found[0]
+
+
+def _free_bytes(where: Path) -> int | None:
+    import shutil
+
+    for candidate in (where, *where.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
+
+
+def disk_full(exc: BaseException, where: Path) -> DiskFull | None:
+    """The :class:`DiskFull` for an ENOSPC/EDQUOT OSError from writing under ``where``, else None.
+
+    Its message is the one-line verdict ``disk full: N free under WHERE``.
+    """
+    if isinstance(exc, DiskFull):
+        return exc
+    if not isinstance(exc, OSError) or exc.errno not in DISK_FULL_ERRNOS:
+        return None
+    from comfyfleet.units import format_size
+
+    free = _free_bytes(Path(where))
+    amount = f"{format_size(free)} free" if free is not None else "no space left"
+    why = os.strerror(exc.errno).lower()  # "no space left on device", "disk quota exceeded"
+    return DiskFull(
+        f"{DISK_FULL_PREFIX} {amount} under {where} ({why})",
+        hint="free disk space or use a larger disk, then run again "
+        "(verified files and completed ranges are kept)",
+    )
+
+
+@contextlib.contextmanager
+def disk_errors(where: Path) -> Iterator[None]:
+    """Inside this block, an ENOSPC/EDQUOT OSError from writing under ``where`` is a DiskFull."""
+    try:
+        yield
+    except OSError as exc:
+        full = disk_full(exc, where)
+        if full is None:
+            raise
+        raise full from None
+
+
+def known_error(exc: BaseException, where: Path | None = None) -> ComfyfleetError | None:
+    """The comfyfleet error a failure stands for (groups flattened, a full disk mapped), or None.
+
+    None means a bug: report it as :func:`internal_error` with its traceback kept in a file.
+    """
+    leaf = first_error(exc)
+    if isinstance(leaf, ComfyfleetError):
+        return leaf
+    return disk_full(leaf, Path(where if where is not None else "."))
+
+
+def internal_error(exc: BaseException) -> str:
+    """``internal error (<class>: <first line of the message>)`` for an unexpected exception."""
+    leaf = first_error(exc)
+    lines = str(leaf).strip().splitlines()
+    detail = f"{type(leaf).__name__}: {lines[0]}" if lines else type(leaf).__name__
+    return f"internal error ({detail})"
+
+
+def one_line(exc: ComfyfleetError) -> str:
+    """The first line of a comfyfleet error's message (the verdict; the rest goes to the logs)."""
+    lines = exc.message.strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -19,7 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from comfyfleet.errors import DiskFull, disk_errors
 from comfyfleet.redact import redact_text
+from comfyfleet.reserve import SpaceReserve
 
 STATE_DIR = ".comfyfleet"
 SENTINEL_RUNNING = ".provisioning"
@@ -62,12 +64,43 @@ def write_atomic(path: Path, data: str | bytes, *, fsync: bool = True) -> None:
     """Replace ``path`` with ``data`` so a reader sees the old or the new content, never half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = data.encode() if isinstance(data, str) else data
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # a failed write (a full disk) must not leave its half file taking the space
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+#: what a state write may raise when the disk is full or a state file cannot be written
+_WRITE_ERRORS = (OSError, DiskFull)
+
+
+class _AppendFile:
+    """A line-buffered append-only text file; a full disk raises :class:`DiskFull`."""
+
+    def __init__(self, path: Path, root: Path) -> None:
+        self._fh = open(path, "a", buffering=1, encoding="utf-8")
+        self._root = root
+
+    def write(self, text: str) -> None:
+        with disk_errors(self._root):
+            self._fh.write(text)
+
+    def flush(self) -> None:
+        with disk_errors(self._root):
+            self._fh.flush()
+
+    def close(self) -> None:
+        """Close; lines a full disk refused are dropped (the fd is closed either way)."""
+        with contextlib.suppress(OSError):
+            self._fh.close()
 
 
 @dataclass
@@ -97,6 +130,8 @@ class RunLog:
         self._started = time.monotonic()
         self._closed = False
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._reserve = SpaceReserve(self.dir / "reserve")
+        self._reserve.hold()
         log = self.dir / "provision.log"
         if log.exists():
             os.replace(log, self.dir / "provision.log.1")
@@ -106,9 +141,9 @@ class RunLog:
                     (self.root / name).unlink()
             (self.root / SENTINEL_RUNNING).write_text(f"{self.run_id}\n")
         # Line-buffered appends to regular files: a slow reader can never block us.
-        self._events = open(self.dir / "events.jsonl", "a", buffering=1, encoding="utf-8")
-        self._log = open(log, "a", buffering=1, encoding="utf-8")
-        self._errors = open(self.dir / "errors.log", "a", buffering=1, encoding="utf-8")
+        self._events = _AppendFile(self.dir / "events.jsonl", self.root)
+        self._log = _AppendFile(log, self.root)
+        self._errors = _AppendFile(self.dir / "errors.log", self.root)
 
     # --- subscription ------------------------------------------------------------------
 
@@ -161,7 +196,8 @@ class RunLog:
             return
         self._status_written = now
         doc = _clean(self.status.__dict__)
-        write_atomic(self.dir / "status.json", json.dumps(doc, indent=1) + "\n", fsync=False)
+        with disk_errors(self.root):
+            write_atomic(self.dir / "status.json", json.dumps(doc, indent=1) + "\n", fsync=False)
 
     @property
     def elapsed(self) -> float:
@@ -169,29 +205,39 @@ class RunLog:
         return time.monotonic() - self._started
 
     def finish(self, ok: bool, reason: str = "") -> None:
-        """End the run: final marker line, status, sentinels; then close the files."""
+        """End the run: status, final marker line, sentinels; then close the files.
+
+        The space reserve is given back first and each step is tried on its own, so a full
+        disk or a broken state file still leaves the marker line and the sentinel.
+        """
         if self._closed:
             return
+        self._reserve.release()
         reason = redact_text(reason)
         self.status.ok = ok
         self.status.phase = "done" if ok else "failed"
-        self.write_status(force=True)
-        if ok:
-            self.emit("run_completed", seconds=round(self.elapsed, 3))
-        else:
-            self.emit("run_failed", reason=reason, seconds=round(self.elapsed, 3))
+        with contextlib.suppress(*_WRITE_ERRORS):
+            self.write_status(force=True)
+        with contextlib.suppress(*_WRITE_ERRORS):
+            if ok:
+                self.emit("run_completed", seconds=round(self.elapsed, 3))
+            else:
+                self.emit("run_failed", reason=reason, seconds=round(self.elapsed, 3))
         if self.sentinels:
             # The marker is a line of its own, without timestamp, so followers match it exactly.
             summary = MARKER_COMPLETE if ok else f"{MARKER_FAILED}: {reason}"
-            self._log.write(summary.replace("\n", " ") + "\n")
+            with contextlib.suppress(*_WRITE_ERRORS):
+                self._log.write(summary.replace("\n", " ") + "\n")
+                self._log.flush()
             name = SENTINEL_COMPLETE if ok else SENTINEL_FAILED
-            (self.root / name).write_text(f"{self.run_id}\n" + ("" if ok else f"{reason}\n"))
+            with contextlib.suppress(OSError):
+                (self.root / name).write_text(f"{self.run_id}\n" + ("" if ok else f"{reason}\n"))
             with contextlib.suppress(FileNotFoundError):
                 (self.root / SENTINEL_RUNNING).unlink()
         self.close()
 
     def close(self) -> None:
-        """Close the files (idempotent)."""
+        """Close the files (idempotent; lines a full disk refused are dropped)."""
         if self._closed:
             return
         self._closed = True

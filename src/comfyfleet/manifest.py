@@ -135,6 +135,10 @@ class DownloadSettings(_Strict):
     file_timeout: Duration = 7200.0
     retries: int = Field(8, ge=0, le=100)
     segment_size: Size = 32 * 1024 * 1024
+    #: a TCP (and TLS) connection must be up within this, and the reply's first byte must
+    #: follow within first_byte_timeout: a server that accepts and never answers fails fast
+    connect_timeout: Duration = Field(10.0, gt=0)
+    first_byte_timeout: Duration = Field(30.0, gt=0)
 
     @field_validator("per_host")
     @classmethod

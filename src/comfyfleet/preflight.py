@@ -20,6 +20,7 @@ from comfyfleet.errors import NotFound, SourceError
 from comfyfleet.install.registry import resolve_registry_id
 from comfyfleet.manifest import Manifest, ModelEntry
 from comfyfleet.redact import redact_text, redact_url
+from comfyfleet.retry import RetryPolicy
 from comfyfleet.sources import (
     CivitaiFile,
     closest_paths,
@@ -68,6 +69,8 @@ class EntryResult:
     api_filename: str | None = None
     #: things that will not stop the download but deserve a look
     warnings: list[str] = field(default_factory=list)
+    #: notes about the entry's host rather than the file (a token withheld over plain http)
+    host_warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -90,7 +93,7 @@ class DiskResult:
 
 
 @dataclass
-class NodeResult:
+class NodePin:
     """A ``[[nodes]]`` entry: pinned or not; a ``registry_id`` resolved to its repo, or not."""
 
     repo: str
@@ -107,7 +110,7 @@ class CheckReport:
 
     entries: list[EntryResult]
     disk: DiskResult
-    nodes: list[NodeResult] = field(default_factory=list)
+    nodes: list[NodePin] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -126,7 +129,8 @@ class CheckReport:
             if n.status == "unpinned" or (n.status == "unresolved" and not n.critical)
         ]
         out += [f"{e.filename}: {w}" for e in self.entries for w in e.warnings]
-        return out
+        out += [w for e in self.entries for w in e.host_warnings]
+        return list(dict.fromkeys(out))  # a host's note once, however many files it serves
 
     @property
     def node_errors(self) -> list[str]:
@@ -159,7 +163,9 @@ async def _suggest(session: aiohttp.ClientSession, url: str) -> list[str]:
     return [resolve_url_for(loc, p, url) for p in closest_paths(loc.path, files)]
 
 
-async def check_entry(session: aiohttp.ClientSession, entry: ModelEntry) -> EntryResult:
+async def check_entry(
+    session: aiohttp.ClientSession, entry: ModelEntry, policy: RetryPolicy | None = None
+) -> EntryResult:
     """Probe one entry; every failure becomes a status with a message saying what to do."""
     result = EntryResult(
         url=redact_url(entry.url),
@@ -172,7 +178,7 @@ async def check_entry(session: aiohttp.ClientSession, entry: ModelEntry) -> Entr
         kind=kind_of(entry.url),
     )
     try:
-        remote = await resolve(session, entry)
+        remote = await resolve(session, entry, policy=policy, notes=result.host_warnings)
     except SourceError as exc:
         result.status = exc.status
         result.message = redact_text(str(exc))
@@ -240,7 +246,7 @@ def check_disk(manifest: Manifest, root: Path, entries: list[EntryResult]) -> Di
 
 def check_nodes(
     manifest: Manifest, repos: dict[str, str | Exception] | None = None
-) -> list[NodeResult]:
+) -> list[NodePin]:
     """Pinned or not, per node (an unpinned node installs whatever its branch is today);
     ``repos`` maps each ``registry_id`` to its resolved repo or the error resolving it."""
     out = []
@@ -250,11 +256,11 @@ def check_nodes(
             found = (repos or {}).get(node.registry_id)
             if not isinstance(found, str):
                 why = redact_text(str(found)) if found else "not resolved"
-                out.append(NodeResult("", node.ref, "unresolved", why, node.registry_id,
+                out.append(NodePin("", node.ref, "unresolved", why, node.registry_id,
                                       node.critical))  # fmt: skip
                 continue
             repo = found
-        result = NodeResult(redact_url(repo or ""), node.ref, "pinned",
+        result = NodePin(redact_url(repo or ""), node.ref, "pinned",
                             registry_id=node.registry_id, critical=node.critical)  # fmt: skip
         if not node.ref:
             result.status = "unpinned"
@@ -289,7 +295,7 @@ def new_session(concurrency: int = DEFAULT_CONCURRENCY) -> aiohttp.ClientSession
     """A session for probing: no total timeout (each probe has its own), bounded connections."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=concurrency * 2, limit_per_host=concurrency),
-        timeout=aiohttp.ClientTimeout(total=None, connect=15, sock_read=30),
+        timeout=aiohttp.ClientTimeout(total=None),  # per request: RetryPolicy's timeouts
     )
 
 
@@ -299,13 +305,14 @@ async def check_manifest(
     """Probe every model of ``manifest`` (at most ``concurrency`` at once), check the disk
     under ``root`` and the nodes' pins. Downloads nothing; never raises for a bad entry."""
     gate = asyncio.Semaphore(concurrency)
+    policy = RetryPolicy.for_check(manifest.download)
     results: list[EntryResult | None] = [None] * len(manifest.models)
 
     async with new_session(concurrency) as session:
 
         async def probe(i: int, entry: ModelEntry) -> None:
             async with gate:
-                results[i] = await check_entry(session, entry)
+                results[i] = await check_entry(session, entry, policy)
 
         async with asyncio.TaskGroup() as tg:
             for i, entry in enumerate(manifest.models):

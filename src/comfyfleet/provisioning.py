@@ -27,12 +27,17 @@ from typing import Any
 from comfyfleet import runtime
 from comfyfleet.download import DownloadReport, download_all
 from comfyfleet.errors import (
+    DISK_FULL_PREFIX,
     ComfyfleetError,
+    DiskFull,
     RuntimeFailure,
     ValidationFailed,
     WorkflowError,
+    internal_error,
+    known_error,
+    one_line,
 )
-from comfyfleet.events import RunLog
+from comfyfleet.events import STATE_DIR, RunLog
 from comfyfleet.install import comfyui as comfyui_install
 from comfyfleet.install.nodes import NodeResult, install_nodes
 from comfyfleet.install.workflows import check_workflows, install_workflows
@@ -55,6 +60,8 @@ class ProvisionReport:
     port: int = 0
     workflows: list[str] = field(default_factory=list)
     comfyui_commit: str | None = None
+    #: the file holding the traceback of an internal error (a bug), when there was one
+    traceback_file: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
         """``{"ok", "files", "bytes", "seconds", "nodes", "comfyui", "phases", ...}``."""
@@ -64,7 +71,7 @@ class ProvisionReport:
             if self.comfyui is not None
             else {"pid": None, "port": self.port, "ready": False}
         )
-        return {
+        doc: dict[str, Any] = {
             "ok": self.ok,
             "reason": self.reason or None,
             "files": dl.get("files", []),
@@ -77,6 +84,11 @@ class ProvisionReport:
             "checks": [c.to_json() for c in self.checks.checks] if self.checks else [],
             "workflows": self.workflows,
         }
+        if not self.ok:
+            doc["error"] = self.reason or "failed"
+        if self.traceback_file is not None:
+            doc["traceback_file"] = str(self.traceback_file)
+        return doc
 
 
 class _Phases:
@@ -197,17 +209,33 @@ async def provision(
             start_timeout=start_timeout,
         )
         report.ok = True
-    except ComfyfleetError as exc:
-        report.reason = exc.message.splitlines()[0] if exc.message else type(exc).__name__
-        log.error("provision", str(exc))
     except (asyncio.CancelledError, KeyboardInterrupt):
         report.reason = "interrupted"
         report.seconds = time.monotonic() - started
         log.finish(False, "interrupted (run provision again to resume)")
         raise
+    except Exception as exc:  # the error boundary: every failure ends as one verdict
+        _record_failure(exc, root, log, report)
     report.seconds = time.monotonic() - started
     log.finish(report.ok, report.reason)
     return report
+
+
+def _record_failure(exc: Exception, root: Path, log: RunLog, report: ProvisionReport) -> None:
+    """Turn any failure (groups flattened, a full disk mapped, a bug kept) into the run's reason."""
+    known = known_error(exc, root)
+    if known is not None:
+        report.reason = one_line(known)
+        detail, context = str(known), {}
+    else:
+        from comfyfleet.tracebacks import save_traceback
+
+        report.reason = internal_error(exc)
+        report.traceback_file = save_traceback(exc, root / STATE_DIR)
+        detail, context = report.reason, {"traceback": report.traceback_file}
+    # With a full disk these lines may not fit; the verdict (finish) comes first.
+    with contextlib.suppress(OSError, DiskFull):
+        log.error("provision", detail, **context)
 
 
 async def _provision(
@@ -263,12 +291,11 @@ async def _provision(
                 )
             report.nodes = nodes_task.result()
 
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(downloads())
-            tg.create_task(install())
-    except* ComfyfleetError as group:
-        raise group.exceptions[0] from None
+    # A failure here is an ExceptionGroup (nested, from install's own TaskGroup): the boundary
+    # in provision() flattens it once.
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(downloads())
+        tg.create_task(install())
 
     failed_files = (
         [f for f in report.download.files if f.status == "failed"] if report.download else []
@@ -277,6 +304,11 @@ async def _provision(
     for f in failed_files:
         if not f.required:
             log.info(f"WARNING optional model {f.folder}/{f.filename} failed: {f.error}")
+    for f in required_failed:
+        if (f.error or "").startswith(DISK_FULL_PREFIX):
+            # the disk is the cause, not this file: the verdict says so in its own words
+            message, _, hint = (f.error or DISK_FULL_PREFIX).partition(" — ")
+            raise DiskFull(message, hint=hint)
     if required_failed or (
         report.download is not None and not report.download.ok and not failed_files
     ):

@@ -24,13 +24,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import aiohttp
 
 from comfyfleet.errors import RuntimeFailure
 from comfyfleet.events import STATE_DIR, write_atomic
+
+if TYPE_CHECKING:
+    import aiohttp
 
 PID_FILE = "comfyui.pid"
 LOG_FILE = "comfyui.log"
@@ -217,6 +218,8 @@ def wants_cpu(args: Sequence[str]) -> bool:
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    import aiohttp
+
     async with session.get(url) as resp:
         try:
             body = await resp.json(content_type=None)
@@ -227,12 +230,27 @@ async def _get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]
 
 async def system_stats(host: str, port: int, timeout: float = 2.0) -> dict[str, Any] | None:
     """``GET /system_stats``, or None when ComfyUI does not answer."""
+    # The standard library's client, in a thread: `comfyfleet status` is run over SSH on many
+    # machines and must not pay for importing aiohttp.
+    return await asyncio.to_thread(_system_stats, host, port, timeout)
+
+
+def _system_stats(host: str, port: int, timeout: float) -> dict[str, Any] | None:
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
-            status, body = await _get_json(s, f"http://{_hostport(host, port)}/system_stats")
-    except (aiohttp.ClientError, TimeoutError, OSError):
+        conn.request("GET", "/system_stats")
+        resp = conn.getresponse()
+        body = resp.read(1 << 20)
+        if resp.status != 200:
+            return None
+        doc = json.loads(body)
+    except (OSError, http.client.HTTPException, ValueError):
         return None
-    return body if status == 200 and isinstance(body, dict) else None
+    finally:
+        conn.close()
+    return doc if isinstance(doc, dict) else None
 
 
 def _hostport(host: str, port: int) -> str:
@@ -241,6 +259,8 @@ def _hostport(host: str, port: int) -> str:
 
 async def check_ready(host: str, port: int, expect: Expectations) -> ReadyReport:
     """Ask ComfyUI whether it sees the GPU, every provisioned model and every required class."""
+    import aiohttp
+
     report = ReadyReport()
     base = f"http://{_hostport(host, port)}"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:

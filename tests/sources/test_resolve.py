@@ -10,6 +10,7 @@ import pytest
 
 from comfyfleet import errors
 from comfyfleet.manifest import ModelEntry
+from comfyfleet.retry import RetryPolicy
 from comfyfleet.sources import auth, kind_of, resolve
 from comfyfleet.testing.modelserver import Faults, make_safetensors
 
@@ -189,7 +190,7 @@ async def test_server_errors_are_retried_then_succeed(server, session):
 async def test_server_errors_past_the_retries_are_server_error(server, session):
     url = server.add_file("a/m.safetensors", DATA, faults=Faults(statuses=[(503, None)] * 5))
     with pytest.raises(errors.ServerError) as exc:
-        await resolve(session, entry(url), attempts=3)
+        await resolve(session, entry(url), policy=RetryPolicy(retries=2))
     assert exc.value.status == "server_error" and len(server.requests) == 3
 
 
@@ -210,7 +211,9 @@ async def test_connection_refused_is_unreachable(session):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(errors.Unreachable) as exc:
-        await resolve(session, entry(f"http://127.0.0.1:{port}/m.safetensors"), attempts=2)
+        await resolve(
+            session, entry(f"http://127.0.0.1:{port}/m.safetensors"), policy=RetryPolicy(retries=1)
+        )
     assert exc.value.status == "unreachable"
 
 

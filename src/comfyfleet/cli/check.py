@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from comfyfleet.cli.app import app, emit_json, run
-from comfyfleet.manifest import load_manifest
-from comfyfleet.preflight import CheckReport, check_manifest
+from comfyfleet.cli.app import app, emit_json, run, run_async
 from comfyfleet.redact import redact_text
 from comfyfleet.units import format_size
+
+if TYPE_CHECKING:
+    from comfyfleet.preflight import CheckReport
 
 _STYLE = {"ok": "green", "not_found": "red", "server_error": "yellow", "unreachable": "yellow"}
 
@@ -27,10 +28,15 @@ def check(
     without downloading anything. Exit 0 when every required entry is ok, 1 otherwise."""
 
     def body() -> int:
+        from comfyfleet.manifest import load_manifest
+        from comfyfleet.preflight import check_manifest
+
         loaded = load_manifest(manifest)
         if not json_out:
             print(f"checking {len(loaded.models)} model(s) from {manifest} …", file=sys.stderr)
-        report = asyncio.run(check_manifest(loaded, root))
+        report = run_async(
+            lambda: check_manifest(loaded, root), resume_hint="nothing was changed; run it again"
+        )
         if json_out:
             emit_json(report.to_json())
         elif sys.stdout.isatty():
@@ -39,7 +45,8 @@ def check(
             _print_plain(report)
         return 0 if report.ok else 1
 
-    run(body)
+    skeleton = {"entries": [], "disk": {"free": None, "needed": None}}
+    run(body, json_doc=skeleton if json_out else None)
 
 
 def _size(n: int | None) -> str:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from comfyfleet.cli.app import app, emit_json, run, run_async
-from comfyfleet.download import DownloadReport, download_all
 from comfyfleet.errors import Interrupted
-from comfyfleet.events import RunLog
-from comfyfleet.manifest import load_manifest
 from comfyfleet.progress import event_console
 from comfyfleet.units import format_size
+
+if TYPE_CHECKING:
+    from comfyfleet.download import DownloadReport
 
 
 def summary(report: DownloadReport) -> str:
@@ -41,6 +42,11 @@ def download(
     """Download every model of MANIFEST into ROOT, verified (exit 1 if a required one failed)."""
 
     def body() -> int:
+        # imported here, not at the top: `comfyfleet --help` must not pay for aiohttp
+        from comfyfleet.download import download_all
+        from comfyfleet.events import RunLog
+        from comfyfleet.manifest import load_manifest
+
         load_manifest(manifest)  # a bad manifest exits 2 before anything is created
         root.mkdir(parents=True, exist_ok=True)
         log = RunLog(root, "download")
@@ -66,4 +72,5 @@ def download(
             emit_json(report.to_json())
         return 0 if report.ok else 1
 
-    run(body)
+    doc = {"files": [], "bytes": 0, "seconds": None}
+    run(body, json_doc=doc if json_out else None, root=root)

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from comfyfleet.cli.app import emit_json, fail, logs_app, run
-from comfyfleet.errors import HostKeyError
-from comfyfleet.logstream import FollowOptions, FollowTarget, MarkerSet, SshTarget, follow
+from comfyfleet.cli.app import emit_json, fail, logs_app, run, run_async
 from comfyfleet.redact import redact_text
 from comfyfleet.units import parse_duration
 
+_COUNTS = ("lines", "bytes", "reconnects", "rotations", "truncations")
 
-def _refused(message: str) -> dict[str, object]:
-    counts = dict.fromkeys(("lines", "bytes", "reconnects", "rotations", "truncations"), 0)
-    return {"outcome": "failed", **counts, "last_line": "", "message": redact_text(message)}
+
+def _unfinished(extra: dict[str, Any]) -> dict[str, Any]:
+    """The document of a follow that ended before its result (refused, interrupted, crashed)."""
+    interrupted = bool(extra.get("interrupted"))
+    return {
+        # "interrupted" is not "failed": the remote run's fate is unknown, not bad
+        "outcome": "interrupted" if interrupted else "failed",
+        **dict.fromkeys(_COUNTS, 0),
+        "last_line": "",
+        "message": "interrupted" if interrupted else extra.get("error", ""),
+    }
 
 
 @logs_app.command("follow")
@@ -52,16 +59,6 @@ def follow_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document to stdout."),
 ) -> None:
     """Stream a remote log over SSH into LOCAL, exactly once, until a completion marker."""
-    try:
-        seconds = parse_duration(timeout)
-    except ValueError as exc:
-        fail(str(exc))
-    markers = MarkerSet.build(done_marker, fail_marker, defaults=not no_default_markers)
-    if not markers.done and not markers.fail:
-        fail("--no-default-markers needs at least one --done-marker or --fail-marker")
-    target = FollowTarget(
-        SshTarget(host, port, user, key, known_hosts, accept_new_host_key), path, output, state
-    )
 
     def show_line(line: bytes) -> None:
         # Lines go to LOCAL byte for byte; the terminal copy is redacted.
@@ -71,19 +68,28 @@ def follow_command(
         sys.stderr.write(f"logs follow: {redact_text(message)}\n")
 
     def body() -> int:
+        from comfyfleet.logstream import FollowOptions, FollowTarget, MarkerSet, SshTarget, follow
+
         try:
-            result = asyncio.run(
-                follow(
-                    target,
-                    FollowOptions(timeout=seconds, markers=markers),
-                    on_line=None if json_out else show_line,
-                    on_status=show_status,
-                )
-            )
-        except HostKeyError as exc:
-            if json_out:  # the follow ran and failed: scripts still get their document
-                emit_json(_refused(str(exc)))
-            raise
+            seconds = parse_duration(timeout)
+        except ValueError as exc:
+            fail(str(exc))
+        markers = MarkerSet.build(done_marker, fail_marker, defaults=not no_default_markers)
+        if not markers.done and not markers.fail:
+            fail("--no-default-markers needs at least one --done-marker or --fail-marker")
+        target = FollowTarget(
+            SshTarget(host, port, user, key, known_hosts, accept_new_host_key), path, output, state
+        )
+        result = run_async(
+            lambda: follow(
+                target,
+                FollowOptions(timeout=seconds, markers=markers),
+                on_line=None if json_out else show_line,
+                on_status=show_status,
+            ),
+            resume_hint=f"LOCAL and its checkpoint are kept — the same command resumes from "
+            f"{state or str(output) + '.checkpoint'}",
+        )
         if json_out:
             emit_json(result.to_json())
         if result.outcome != "complete":
@@ -93,4 +99,5 @@ def follow_command(
             sys.stderr.write(f"{redact_text(result.message)}\n")
         return 0
 
-    run(body)
+    # A refused host key, an interrupt or a bug: scripts still get their one document.
+    run(body, json_doc=_unfinished if json_out else None)

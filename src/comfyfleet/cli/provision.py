@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from comfyfleet import runtime
 from comfyfleet.cli.app import app, emit_json, run, run_async
-from comfyfleet.manifest import load_manifest
 from comfyfleet.progress import event_console
 from comfyfleet.redact import redact_text
+
+# The library is imported inside each command: `--help`, `status` and `stop` start fast.
 
 MANIFEST = typer.Argument(..., help="The manifest (TOML or YAML).", show_default=False)
 ROOT = typer.Option(..., "--root", help="The directory to provision (ComfyUI, models, state).")
@@ -57,6 +56,16 @@ def render_event(event: dict[str, Any]) -> None:
         _err(f"PROVISIONING COMPLETE in {event.get('seconds', 0):.1f}s")
 
 
+#: what a provision --json document holds when the run ended before its report
+_RUN_DOC: dict[str, Any] = {
+    "files": [],
+    "bytes": 0,
+    "seconds": None,
+    "nodes": [],
+    "comfyui": {"pid": None, "port": None, "ready": False},
+}
+
+
 @app.command()
 def provision(
     manifest: Path = MANIFEST,
@@ -68,9 +77,11 @@ def provision(
     json_out: bool = JSON,
 ) -> None:
     """Install ComfyUI, custom nodes, models and workflows; verify; start ComfyUI until ready."""
-    from comfyfleet.provisioning import provision as do_provision
 
     def body() -> int:
+        from comfyfleet.manifest import load_manifest
+        from comfyfleet.provisioning import provision as do_provision
+
         m = load_manifest(manifest)
         with event_console(render_event) as console:
             report = run_async(
@@ -84,6 +95,8 @@ def provision(
         if not report.ok:
             _err(f"error: {report.reason}")
             _err(f"see {root / '.comfyfleet' / 'provision.log'} and errors.log")
+            if report.traceback_file is not None:
+                _err(f"the traceback is in {report.traceback_file}")
             return 1
         if report.comfyui is not None:
             _err(
@@ -92,7 +105,15 @@ def provision(
             )
         return 0
 
-    run(body)
+    run(body, json_doc=_RUN_DOC if json_out else None, root=root)
+
+
+_NOTHING_CHANGED = "nothing was changed; run it again"
+_START_DOC: dict[str, Any] = {"pid": None, "port": None, "ready": False}
+_STOP_DOC: dict[str, Any] = {"stopped": False, "pid": None, "stale": False, "killed": False}
+_STATUS_DOC: dict[str, Any] = {
+    "running": False, "healthy": False, "pid": None, "port": None, "uptime_s": None,
+}  # fmt: skip
 
 
 @app.command("verify")
@@ -102,12 +123,16 @@ def verify_cmd(
     strict: bool = typer.Option(False, "--strict", help="Warnings fail too."),
     json_out: bool = JSON,
 ) -> None:
-    """Check models (present, verified), nodes (at their refs) and \\[validate] minimums."""
-    from comfyfleet.verification import verify
+    """Check models (present, verified), nodes (at their refs) and [validate] minimums."""
 
     def body() -> int:
+        from comfyfleet.manifest import load_manifest
+        from comfyfleet.verification import verify
+
         m = load_manifest(manifest)
-        report = asyncio.run(verify(m, root.resolve(), strict=strict or None))
+        report = run_async(
+            lambda: verify(m, root.resolve(), strict=strict or None), resume_hint=_NOTHING_CHANGED
+        )
         if json_out:
             emit_json(report.to_json())
         else:
@@ -117,17 +142,22 @@ def verify_cmd(
             print("OK" if report.ok else "FAILED" + (" (strict)" if report.strict else ""))
         return 0 if report.ok else 1
 
-    run(body)
+    run(body, json_doc={"checks": []} if json_out else None, root=root)
 
 
 @app.command()
 def start(manifest: Path = MANIFEST, root: Path = ROOT, json_out: bool = JSON) -> None:
     """Start ComfyUI as the manifest says (or adopt a healthy one) and wait until ready."""
-    from comfyfleet.provisioning import start_comfyui
 
     def body() -> int:
+        from comfyfleet.manifest import load_manifest
+        from comfyfleet.provisioning import start_comfyui
+
         m = load_manifest(manifest)
-        info = asyncio.run(start_comfyui(m, root.resolve(), on_info=_err))
+        info = run_async(
+            lambda: start_comfyui(m, root.resolve(), on_info=_err),
+            resume_hint="run start again (a ComfyUI already up is adopted)",
+        )
         if json_out:
             emit_json(info.to_json())
         for w in info.report.warnings:
@@ -139,7 +169,7 @@ def start(manifest: Path = MANIFEST, root: Path = ROOT, json_out: bool = JSON) -
         _err(f"ComfyUI ready on port {info.port} (pid {info.pid}, {info.action})")
         return 0
 
-    run(body)
+    run(body, json_doc=_START_DOC if json_out else None, root=root)
 
 
 @app.command()
@@ -147,7 +177,9 @@ def stop(root: Path = ROOT, json_out: bool = JSON) -> None:
     """Stop the ComfyUI of ROOT (process group: TERM, then KILL after a grace period)."""
 
     def body() -> int:
-        result = asyncio.run(runtime.stop(root.resolve()))
+        from comfyfleet import runtime
+
+        result = run_async(lambda: runtime.stop(root.resolve()), resume_hint="run stop again")
         if json_out:
             emit_json(result)
         elif result["stopped"]:
@@ -163,7 +195,7 @@ def stop(root: Path = ROOT, json_out: bool = JSON) -> None:
             _err("nothing running")
         return 0
 
-    run(body)
+    run(body, json_doc=_STOP_DOC if json_out else None, root=root)
 
 
 @app.command()
@@ -171,7 +203,9 @@ def status(root: Path = ROOT, json_out: bool = JSON) -> None:
     """Whether ComfyUI runs and answers: pid, port, health, uptime (exit 1 unless healthy)."""
 
     def body() -> int:
-        doc = asyncio.run(runtime.status(root.resolve()))
+        from comfyfleet import runtime
+
+        doc = run_async(lambda: runtime.status(root.resolve()), resume_hint=_NOTHING_CHANGED)
         if json_out:
             emit_json(doc)
         elif doc["running"]:
@@ -183,4 +217,4 @@ def status(root: Path = ROOT, json_out: bool = JSON) -> None:
             print("not running")
         return 0 if doc["running"] and doc["healthy"] else 1
 
-    run(body)
+    run(body, json_doc=_STATUS_DOC if json_out else None, root=root)

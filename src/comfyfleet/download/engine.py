@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import math
 import os
@@ -29,7 +28,7 @@ from comfyfleet.download.integrity import (
     check_sha256,
     check_size,
 )
-from comfyfleet.download.partfile import Identity, PartFile, disk_error
+from comfyfleet.download.partfile import Identity, PartFile
 from comfyfleet.download.segments import Segments
 from comfyfleet.download.transfer import (
     Dropped,
@@ -46,10 +45,13 @@ from comfyfleet.errors import (
     SignatureExpired,
     SourceError,
     Stalled,
+    Unreachable,
+    disk_full,
+    first_error,
 )
 from comfyfleet.manifest import DownloadSettings, ModelEntry
 from comfyfleet.redact import redact_url
-from comfyfleet.retry import backoff
+from comfyfleet.retry import RetryPolicy
 from comfyfleet.sources.base import RemoteFile
 
 #: never split a range below this (one request per MiB is pure overhead)
@@ -65,6 +67,7 @@ RETRYABLE = (
     RateLimited,
     ServerError,
     SignatureExpired,
+    Unreachable,
     TimeoutError,
     aiohttp.ClientError,
 )
@@ -95,24 +98,6 @@ class Hooks:
     def started(self, dl: FileDownload, total: int | None, resumed: int) -> None: ...
     def progress(self, dl: FileDownload, n: int) -> None: ...
     def retry(self, dl: FileDownload, exc: BaseException, attempt: int, delay: float) -> None: ...
-
-
-def first_error(group: BaseExceptionGroup) -> BaseException:
-    """The most meaningful exception of a TaskGroup failure."""
-    leaves: list[BaseException] = []
-
-    def walk(g: BaseExceptionGroup) -> None:
-        for e in g.exceptions:
-            if isinstance(e, BaseExceptionGroup):
-                walk(e)
-            else:
-                leaves.append(e)
-
-    walk(group)
-    for e in leaves:
-        if not isinstance(e, asyncio.CancelledError):
-            return e
-    return leaves[0]
 
 
 class FileDownload:
@@ -153,7 +138,9 @@ class FileDownload:
         self._hash_wake = asyncio.Event()
         self._saved_at = 0.0
         self._refresh_lock = asyncio.Lock()
-        self._tx = TransferSettings(settings.stall_timeout, settings.min_speed)
+        self._tx = TransferSettings.from_settings(settings)
+        #: the one retry policy (comfyfleet.retry): data requests are retried here only
+        self.policy = RetryPolicy.for_download(settings)
 
     @property
     def done_bytes(self) -> int:
@@ -198,7 +185,10 @@ class FileDownload:
         )
         # If-Range only when continuing bytes from an earlier run: a changed object then
         # answers 200 and we start over instead of splicing old and new bytes.
-        if_range = self.remote.etag if resumed and self._strong(self.remote.etag) else None
+        # (the validator is the sidecar's: the data server's own, learnt from its first reply)
+        if_range = (
+            self.part.identity.etag if resumed and self._strong(self.part.identity.etag) else None
+        )
         self.hooks.started(self, self.size, seg.done_bytes)
         assert self.part.fd is not None
         hasher = PrefixHasher(self.part.fd)
@@ -267,6 +257,7 @@ class FileDownload:
                     raise
                 # The object changed since the earlier run (If-Range failed): start over.
                 state["if_range"] = None
+                self.part.identity.etag = None  # the old version's: learn the new one
                 seg.reset()
                 self._checkpoint(force=True)
                 self.hooks.retry(self, DownloadError("the file changed on the server since the "
@@ -285,7 +276,7 @@ class FileDownload:
         """Count a failed attempt; raise when the budget is spent; return the wait."""
         self.attempts += 1
         self.failures = 0 if progressed else self.failures + 1
-        if self.failures > self.settings.retries:
+        if self.policy.gives_up(self.failures):
             if isinstance(exc, DownloadError | SourceError):
                 raise exc
             raise DownloadError(
@@ -303,12 +294,10 @@ class FileDownload:
         if isinstance(exc, SignatureExpired):
             await self._refresh()
         retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            delay = min(float(retry_after), 300.0)
-        elif progressed or isinstance(exc, Stalled):
+        if retry_after is None and (progressed or isinstance(exc, Stalled)):
             delay = 0.0  # resume the range at once (another connection may take it)
         else:
-            delay = backoff(self.failures - 1)
+            delay = self.policy.delay(self.failures, retry_after)
         self.hooks.retry(self, exc, self.attempts, delay)
         return delay
 
@@ -367,8 +356,9 @@ class FileDownload:
         try:
             return self.part.finalize()
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise disk_error(exc, self.dest) from None
+            full = disk_full(exc, self.dest.parent)
+            if full is not None:
+                raise full from None
             raise DownloadError(f"cannot move {self.part.path} into place: {exc}") from None
 
 

@@ -9,7 +9,6 @@ describes were handed to the kernel with ``pwrite``, so a crash never claims unw
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from comfyfleet.download.segments import Range, merge
-from comfyfleet.errors import DiskFull, DownloadError
+from comfyfleet.errors import DownloadError, disk_full
 from comfyfleet.events import write_atomic
 
 PART_SUFFIX = ".part"
@@ -39,12 +38,9 @@ def sidecar_path(final: Path) -> Path:
 
 def disk_error(exc: OSError, path: Path) -> DownloadError:
     """Map an OSError from writing ``path`` to the error a person can act on."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(
-            f"no space left on the device holding {path.parent}",
-            hint="free disk space or give the instance a larger disk, then run again "
-            "(completed ranges are kept and resume)",
-        )
+    full = disk_full(exc, path.parent)  # ENOSPC and EDQUOT, mapped in one place
+    if full is not None:
+        return full
     return DownloadError(f"cannot write {path}: {exc.strerror or exc}")
 
 
@@ -86,10 +82,18 @@ class PartFile:
             doc = json.loads(self.sidecar.read_text())
             if not self.identity.matches(doc) or not self.path.exists():
                 return []
+            # Resume only bytes provably of the version still served: with a validator (sent
+            # as If-Range) or a sha256 that checks the whole file. Else restart from byte 0:
+            # an old prefix joined to a new rest would pass the size check as "verified".
+            validator = self.identity.etag or doc.get("etag")
+            if not validator and not self.identity.sha256:
+                return []
             ranges = merge([(int(s), int(e)) for s, e in doc.get("done", [])])
             size = self.identity.size
             if size is not None and self.path.stat().st_size < size:
                 return []
+            if ranges:
+                self.identity.etag = validator  # the validator of the bytes we keep
             return ranges
         except (OSError, ValueError, TypeError):
             return []

@@ -35,7 +35,7 @@ from comfyfleet.errors import ComfyfleetError, DiskFull, DownloadError, SourceEr
 from comfyfleet.events import RunLog
 from comfyfleet.manifest import Manifest
 from comfyfleet.redact import redact_text, redact_url
-from comfyfleet.retry import backoff
+from comfyfleet.retry import RetryPolicy
 from comfyfleet.sources.base import RemoteFile
 
 #: resolutions (HEAD / 1-byte probes) in flight at once
@@ -238,6 +238,7 @@ class DownloadRun:
         self.files_sem = asyncio.Semaphore(self.settings.concurrency)
         self.host_sems = {h: asyncio.Semaphore(c) for h, c in self.settings.per_host.items()}
         self.session: aiohttp.ClientSession | None = None
+        self._warned: set[str] = set()
 
     def job(self, file: PlannedFile) -> FileJob:
         return self.jobs[file.index]
@@ -353,23 +354,26 @@ class DownloadRun:
     # --- network ------------------------------------------------------------------------
 
     async def resolve(self, job: FileJob, url: str) -> RemoteFile:
-        """Resolve ``url`` for ``job`` with backoff on retryable errors."""
+        """Resolve ``url`` for ``job``; its requests are retried inside, under the one policy."""
         assert self.session is not None
-        attempt = 0
-        while True:
-            try:
-                return await sources.resolve(self.session, job.file.entry, url)
-            except SourceError as exc:
-                attempt += 1
-                if not exc.retryable or attempt > self.settings.retries:
-                    raise
-                delay = exc.retry_after if getattr(exc, "retry_after", None) else None
-                delay = min(float(delay), 300.0) if delay is not None else backoff(attempt)
-                self.log.emit("file_retry", **self.fields(job, attempt=attempt,
-                              delay=round(delay, 3), reason=_describe(exc)))  # fmt: skip
-                self.log.error(job.key, f"resolving, retry in {delay:.1f}s: {_describe(exc)}",
-                               url=redact_url(url), attempt=attempt)  # fmt: skip
-                await asyncio.sleep(delay)
+
+        def on_retry(exc: BaseException, attempt: int, delay: float) -> None:
+            self.log.emit("file_retry", **self.fields(job, attempt=attempt,
+                          delay=round(delay, 3), reason=_describe(exc)))  # fmt: skip
+            self.log.error(job.key, f"resolving, retry in {delay:.1f}s: {_describe(exc)}",
+                           url=redact_url(url), attempt=attempt)  # fmt: skip
+
+        policy = RetryPolicy.for_download(self.settings).with_on_retry(on_retry)
+        notes: list[str] = []
+        try:
+            return await sources.resolve(
+                self.session, job.file.entry, url, policy=policy, notes=notes
+            )
+        finally:
+            for note in notes:
+                if note not in self._warned:  # one line per host, not one per file
+                    self._warned.add(note)
+                    self.log.info(f"warning: {note}")
 
     async def prefetch(self, fetch: Fetch, sem: asyncio.Semaphore) -> None:
         """Resolve a fetch's URL once, ahead of the queue (names, sizes for the order)."""

@@ -6,7 +6,10 @@ gzip by default, which makes some CDNs ignore ``Range`` — we send ``Accept-Enc
 and check that a ranged reply is a 206 with the matching ``Content-Range``; a mid-body drop is
 a ``ClientPayloadError`` and the bytes before it are good, so they are kept and the range
 resumes from the last byte written. Stalls are detected by throughput, not by a read timeout:
-a connection below ``min_speed`` over ``stall_timeout`` is dropped (:class:`StallWatch`).
+a connection below ``min_speed`` over ``stall_timeout`` is dropped (:class:`StallWatch`);
+a server that never answers fails within ``connect_timeout`` + ``first_byte_timeout``. Any
+``Content-Encoding`` is refused (the bytes hashed must be the file's own), and a resumed range
+carries ``If-Range`` with the validator of the bytes already written.
 """
 
 from __future__ import annotations
@@ -22,22 +25,14 @@ import aiohttp
 from comfyfleet.download.integrity import MODEL_EXTENSIONS
 from comfyfleet.download.partfile import PartFile
 from comfyfleet.download.segments import Claim, Segments
-from comfyfleet.errors import (
-    AccessDenied,
-    DownloadError,
-    NotAModel,
-    NotFound,
-    RateLimited,
-    ServerError,
-    SignatureExpired,
-    SourceError,
-    Stalled,
-    TokenRequired,
-    Unreachable,
-)
+from comfyfleet.errors import DownloadError, NotAModel, ServerError, Stalled
 from comfyfleet.redact import redact_url
-from comfyfleet.retry import parse_retry_after
+from comfyfleet.retry import CONNECT_TIMEOUT, FIRST_BYTE_TIMEOUT
+from comfyfleet.sources.auth import may_carry_token
 from comfyfleet.sources.base import USER_AGENT, RemoteFile
+from comfyfleet.sources.endpoints import effective_url, origin
+from comfyfleet.sources.http import refuse_content_coding, strong_validator
+from comfyfleet.sources.status import Service, classify, from_exception
 
 #: bytes gathered from the socket before one pwrite (in a thread): big enough to amortise the
 #: thread hop, small enough that memory stays bounded (≤ this × connections)
@@ -49,36 +44,28 @@ class RangeIgnored(DownloadError):
     """The server answered a ranged GET with 200 (whole body): only one stream is possible."""
 
 
+class ObjectChanged(RangeIgnored):
+    """A ranged reply carries another validator than the bytes already written: the file
+    changed on the server (and the server ignored ``If-Range``). Never spliced: restarted."""
+
+
 class Dropped(DownloadError):
     """The connection broke before the range was complete (retried from the last byte)."""
 
 
 def session_timeout() -> aiohttp.ClientTimeout:
-    """No total timeout (a 25 GB file takes long); connects still time out."""
-    return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=30, sock_read=None)
+    """No total timeout (a 25 GB file takes long); each request sets its own connect and
+    first-byte timeouts (:class:`TransferSettings`)."""
+    return aiohttp.ClientTimeout(
+        total=None, connect=None, sock_connect=CONNECT_TIMEOUT, sock_read=None
+    )
 
 
-def status_error(status: int, url: str, headers: dict[str, str] | None, body: str) -> SourceError:
-    """Classify a non-2xx answer of the data server."""
-    where = redact_url(url)
-    snippet = body.strip().replace("\n", " ")[:200]
-    retry_after = parse_retry_after((headers or {}).get("Retry-After"))
-    if status == 429:
-        return RateLimited(
-            f"HTTP 429 from {where}",
-            hint="the server rate-limits downloads (Civitai: download quota); lower "
-            "download.per_host for it",
-            retry_after=retry_after,
-        )
-    if status in (408, 500, 502, 503, 504) or status >= 500:
-        return ServerError(f"HTTP {status} from {where}", retry_after=retry_after)
-    if status in (401,):
-        return TokenRequired(f"HTTP 401 from {where}: {snippet}", hint="set the right token")
-    if status == 404:
-        return NotFound(f"HTTP 404 from {where}", hint="check the URL")
-    if status in (403, 410):
-        return AccessDenied(f"HTTP {status} from {where}: {snippet}")
-    return SourceError(f"HTTP {status} from {where}: {snippet}")
+def service_of(remote: RemoteFile) -> Service:
+    """Who serves ``remote``'s bytes: the CDN a hub (or host) redirected to, or the host itself."""
+    if origin(remote.fetch_url) != origin(effective_url(remote.url)):
+        return "cdn"
+    return remote.kind
 
 
 class StallWatch:
@@ -126,12 +113,33 @@ class StallWatch:
 
 @dataclass
 class TransferSettings:
+    """The per-connection limits of one download (from the manifest's ``[download]``)."""
+
     stall_timeout: float
     min_speed: int
+    connect_timeout: float = CONNECT_TIMEOUT
+    first_byte_timeout: float = FIRST_BYTE_TIMEOUT
+
+    @classmethod
+    def from_settings(cls, settings: object) -> TransferSettings:
+        """From a :class:`comfyfleet.manifest.DownloadSettings`."""
+        return cls(
+            settings.stall_timeout,  # type: ignore[attr-defined]
+            settings.min_speed,  # type: ignore[attr-defined]
+            settings.connect_timeout,  # type: ignore[attr-defined]
+            settings.first_byte_timeout,  # type: ignore[attr-defined]
+        )
 
 
 def request_headers(remote: RemoteFile) -> dict[str, str]:
+    """What a data request sends: our User-Agent, the resolved headers, identity coding.
+
+    Authorization is dropped where a token may not go (plain http off loopback), whatever
+    the resolver decided: the rule holds at the last step before the wire.
+    """
     headers = {"User-Agent": USER_AGENT, **remote.fetch_headers}
+    if not may_carry_token(remote.fetch_url):
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
     headers["Accept-Encoding"] = "identity"
     return headers
 
@@ -148,18 +156,64 @@ def _check_content_type(resp: aiohttp.ClientResponse, filename: str) -> None:
         )
 
 
-async def _raise_for_status(resp: aiohttp.ClientResponse, remote: RemoteFile) -> None:
+async def _raise_for_status(
+    resp: aiohttp.ClientResponse, remote: RemoteFile, headers: dict[str, str]
+) -> None:
     if resp.status in (200, 206):
         return
     try:
-        body = (await resp.content.read(512)).decode("utf-8", "replace")
+        body = await resp.content.read(512)
     except (TimeoutError, aiohttp.ClientError):
-        body = ""
-    if resp.status in (403, 410) and remote.fetch_url != remote.url:
-        raise SignatureExpired(
-            f"HTTP {resp.status} from the CDN {redact_url(remote.fetch_url)} (expired signature?)"
+        body = b""
+    token_sent = "Authorization" in headers
+    raise classify(
+        resp.status, resp.headers, body, token_sent, service_of(remote), url=remote.fetch_url
+    )
+
+
+async def _open(
+    session: aiohttp.ClientSession,
+    remote: RemoteFile,
+    headers: dict[str, str],
+    settings: TransferSettings,
+) -> aiohttp.ClientResponse:
+    """GET ``remote.fetch_url`` up to its reply's headers, within the connect and first-byte
+    timeouts; then the status, the content coding and the content type are checked."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout)
+    try:
+        async with asyncio.timeout(settings.connect_timeout + settings.first_byte_timeout):
+            resp = await session.get(remote.fetch_url, headers=headers, timeout=timeout)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise from_exception(
+            exc,
+            remote.fetch_url,
+            connect_timeout=settings.connect_timeout,
+            first_byte_timeout=settings.first_byte_timeout,
+        ) from None
+    try:
+        await _raise_for_status(resp, remote, headers)
+        refuse_content_coding(resp.headers, remote.fetch_url)
+        _check_content_type(resp, remote.filename)
+    except BaseException:
+        resp.close()
+        raise
+    return resp
+
+
+def _check_validator(
+    resp: aiohttp.ClientResponse, part: PartFile, sent: str | None, url: str
+) -> None:
+    """Learn the reply's validator for the part file, or refuse a 206 of another version."""
+    theirs = strong_validator(resp.headers)
+    if theirs is None:
+        return
+    if sent is not None and theirs != sent:
+        raise ObjectChanged(
+            f"{redact_url(url)} answered If-Range {sent} with a range of {theirs}: the file "
+            "changed on the server; restarting it"
         )
-    raise status_error(resp.status, remote.fetch_url, dict(resp.headers), body)
+    if part.identity.etag is None:
+        part.identity.etag = theirs  # saved with the next sidecar: a resume sends it
 
 
 async def fetch_range(
@@ -183,8 +237,11 @@ async def fetch_range(
     # what was asked, and stop writing where the claim ends.
     first, last = claim.pos, claim.end - 1
     headers["Range"] = f"bytes={first}-{last}"
-    if if_range:
-        headers["If-Range"] = if_range
+    # The validator of the bytes already in the part file: a changed object then answers
+    # 200 (or another validator) instead of splicing its bytes onto ours.
+    validator = if_range or part.identity.etag
+    if validator:
+        headers["If-Range"] = validator
     watch = StallWatch(settings.stall_timeout, settings.min_speed)
     buf = bytearray()
     resp: aiohttp.ClientResponse | None = None
@@ -207,11 +264,10 @@ async def fetch_range(
         async with asyncio.timeout(None) as cm:
             watch.start(cm)
             try:
-                resp = await session.get(remote.fetch_url, headers=headers)
-                await _raise_for_status(resp, remote)
-                _check_content_type(resp, remote.filename)
+                resp = await _open(session, remote, headers, settings)
                 if resp.status == 200:
                     raise RangeIgnored(f"{redact_url(remote.fetch_url)} ignored the Range header")
+                _check_validator(resp, part, validator, remote.fetch_url)
                 m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
                 if (
                     not m
@@ -238,10 +294,6 @@ async def fetch_range(
                 if watch.stalled:
                     raise TimeoutError from None
                 await flush()
-                if isinstance(exc, aiohttp.ClientConnectorError):
-                    raise Unreachable(
-                        f"cannot connect to {redact_url(remote.fetch_url)}: {exc}"
-                    ) from None
                 raise Dropped(
                     f"connection to {redact_url(remote.fetch_url)} dropped at byte {claim.pos} "
                     f"({type(exc).__name__})"
@@ -292,9 +344,8 @@ async def fetch_whole(
     try:
         async with asyncio.timeout(None) as cm:
             watch.start(cm)
-            async with session.get(remote.fetch_url, headers=headers) as resp:
-                await _raise_for_status(resp, remote)
-                _check_content_type(resp, remote.filename)
+            resp = await _open(session, remote, headers, settings)
+            async with resp:
                 try:
                     async for chunk in resp.content.iter_any():
                         watch.received += len(chunk)
@@ -320,8 +371,6 @@ async def fetch_whole(
                 f"single-stream download of {redact_url(remote.fetch_url)}"
             ) from None
         raise
-    except aiohttp.ClientConnectorError as exc:
-        raise Unreachable(f"cannot connect to {redact_url(remote.fetch_url)}: {exc}") from None
     finally:
         watch.stop()
     return written

@@ -61,15 +61,6 @@ class Environment:
         ]  # fmt: skip
 
 
-@dataclass
-class ComfyUIInstall:
-    """What :func:`install_comfyui` did."""
-
-    checkout: Checkout
-    env: Environment
-    requirements_installed: bool
-
-
 def load_state(root: Path) -> dict[str, Any]:
     """What previous runs installed (``ROOT/.comfyfleet/install_state.json``)."""
     try:
@@ -193,15 +184,6 @@ async def install_requirements(
     state["comfyui_requirements"] = digest
     save_state(root, state)
     return True
-
-
-async def install_comfyui(
-    manifest: Manifest, root: Path, log: RunLog, *, env: Environment
-) -> ComfyUIInstall:
-    """Check out ComfyUI at its ref and install its requirements."""
-    checkout = await checkout_comfyui(manifest, root, log)
-    installed = await install_requirements(manifest, root, log, env=env)
-    return ComfyUIInstall(checkout=checkout, env=env, requirements_installed=installed)
 
 
 def comfyui_python(manifest: Manifest, root: Path) -> Path:

@@ -46,11 +46,6 @@ class NodeResult:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
 
-    @property
-    def changed(self) -> bool:
-        """True when the node's code or dependencies changed (ComfyUI must restart to load it)."""
-        return self.status == "installed"
-
     def to_json(self) -> dict[str, Any]:
         """The ``nodes[]`` entry of the provision --json document."""
         return {

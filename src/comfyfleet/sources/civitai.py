@@ -9,15 +9,15 @@ or, to a browser-like User-Agent, a redirect to an HTML login page (we never loo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from comfyfleet.errors import AccessDenied, NotAModel, NotFound, TokenRequired
+from comfyfleet.errors import NotAModel, NotFound, SourceError, TokenRequired
 from comfyfleet.redact import redact_url
+from comfyfleet.retry import RetryPolicy
 from comfyfleet.sources.auth import auth_headers, headers_for_redirect
 from comfyfleet.sources.base import RemoteFile
 from comfyfleet.sources.endpoints import (
@@ -33,18 +33,19 @@ from comfyfleet.sources.filenames import (
     safe_name,
 )
 from comfyfleet.sources.http import (
-    DEFAULT_ATTEMPTS,
     RANGE_PROBE,
-    Reply,
     raise_for_status,
+    refuse_content_coding,
     send,
+    strong_validator,
     without_probe_headers,
 )
+from comfyfleet.sources.status import CIVITAI_TOKEN_PAGE
 
 if TYPE_CHECKING:
     from comfyfleet.manifest import ModelEntry
 
-TOKEN_PAGE = "https://civitai.com/user/account"
+TOKEN_PAGE = CIVITAI_TOKEN_PAGE
 
 
 @dataclass
@@ -67,16 +68,6 @@ class VersionInfo:
     approx_size: int | None
 
 
-def _error_message(reply: Reply) -> str:
-    try:
-        doc = json.loads(reply.body)
-    except ValueError:
-        return reply.text().strip()[:200]
-    if isinstance(doc, dict):
-        return str(doc.get("message") or doc.get("error") or "")[:200]
-    return ""
-
-
 def _is_login_page(location: str) -> bool:
     return "/login" in location.split("?", 1)[0]
 
@@ -89,12 +80,16 @@ def _pick_file(doc: dict[str, Any], file_id: int | None) -> dict[str, Any] | Non
 
 
 async def version_info(
-    session: aiohttp.ClientSession, api_url: str, file_id: int | None, attempts: int
+    session: aiohttp.ClientSession, api_url: str, file_id: int | None, policy: RetryPolicy
 ) -> VersionInfo | None:
-    """The API's view of the file, or None when the API has nothing to say."""
-    reply = await send(
-        session, "GET", api_url, auth_headers(api_url), attempts=attempts, read_body=True
-    )
+    """The API's view of the file, or None when the API has nothing to say (or fails: it is
+    advisory — the download's own probe decides whether the file can be fetched)."""
+    try:
+        reply = await send(
+            session, "GET", api_url, auth_headers(api_url), policy=policy, read_body=True
+        )
+    except SourceError:
+        return None
     if reply.status != 200:
         return None
     try:
@@ -114,41 +109,13 @@ async def version_info(
     )
 
 
-def _classify(reply: Reply, url: str, vid: int, token_sent: bool) -> None:
-    safe = redact_url(url)
-    detail = _error_message(reply)
-    if reply.status == 401:
-        if "disabled" in detail.lower():
-            raise AccessDenied(f"Civitai: the creator has disabled downloads of {safe}")
-        if token_sent:
-            raise TokenRequired(
-                f"Civitai rejected CIVITAI_TOKEN for model version {vid}",
-                hint=f"the token is invalid or expired: create an API key at {TOKEN_PAGE}",
-            )
-        raise TokenRequired(
-            f"Civitai requires a logged-in download for model version {vid}",
-            hint=f"set CIVITAI_TOKEN to an API key from {TOKEN_PAGE}",
-        )
-    if reply.status == 403:
-        raise AccessDenied(
-            f"Civitai refused model version {vid}: {detail or 'forbidden'}",
-            hint="early-access or restricted file: only an account with access can download it",
-        )
-    if reply.status in (404, 410):
-        what = "archived" if reply.status == 410 else "not found"
-        raise NotFound(
-            f"Civitai model version {vid} {what}",
-            hint="check the version id (the number after /api/download/models/)",
-        )
-    raise_for_status(reply, "file")
-
-
 async def resolve_civitai(
     session: aiohttp.ClientSession,
     entry: ModelEntry,
     url: str,
     *,
-    attempts: int = DEFAULT_ATTEMPTS,
+    policy: RetryPolicy,
+    notes: list[str] | None = None,
 ) -> CivitaiFile:
     """Resolve a Civitai download URL: probe it with a 1-byte ranged GET (redirect not
     followed), then the CDN it points at (without Authorization), then ask the API for sha256."""
@@ -158,17 +125,15 @@ async def resolve_civitai(
         raise NotFound(f"not a Civitai download URL: {redact_url(url)}")
     api_base = target[: target.index("/api/download/")]
     api_url = f"{api_base}/api/v1/model-versions/{vid}"
-    # The API answer is independent of the probes: ask in parallel (one round trip less),
-    # and cancel it if the probes fail.
-    api = asyncio.ensure_future(version_info(session, api_url, civitai_file_id(target), attempts))
+    # The API answer is independent of the probes: ask in parallel (one round trip less);
+    # the task group cancels it when the probes fail.
     try:
-        remote = await _probe_download(session, entry, url, target, vid, attempts)
-    except BaseException:
-        api.cancel()
-        with contextlib.suppress(BaseException):
-            await api
-        raise
-    info = await api
+        async with asyncio.TaskGroup() as tg:
+            api = tg.create_task(version_info(session, api_url, civitai_file_id(target), policy))
+            probe = tg.create_task(_probe_download(session, entry, url, target, vid, policy, notes))
+    except BaseExceptionGroup as group:
+        raise _leaf(group) from None
+    remote, info = probe.result(), api.result()
     api_name = info.name if info else None
     if not entry.filename and not remote.served_filename and api_name:
         remote.filename = api_name
@@ -179,20 +144,35 @@ async def resolve_civitai(
     return remote
 
 
+def _leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first real error inside a task group's failure (the probe's, as a plain exception)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _leaf(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
+
+
 async def _probe_download(
     session: aiohttp.ClientSession,
     entry: ModelEntry,
     url: str,
     target: str,
     vid: int,
-    attempts: int,
+    policy: RetryPolicy,
+    notes: list[str] | None,
 ) -> CivitaiFile:
     """The download URL's redirect and the CDN's answer to a 1-byte probe."""
-    headers = {**auth_headers(target), "Range": RANGE_PROBE, "Accept-Encoding": "identity"}
+    headers = {
+        **auth_headers(target, notes),
+        "Range": RANGE_PROBE,
+        "Accept-Encoding": "identity",
+    }
     token_sent = "Authorization" in headers
     current = target
     for _ in range(4):
-        reply = await send(session, "GET", current, headers, attempts=attempts)
+        reply = await send(session, "GET", current, headers, policy=policy)
         location = reply.location
         if location and _is_login_page(location):
             raise TokenRequired(
@@ -204,7 +184,7 @@ async def _probe_download(
             continue
         break
     if reply.status >= 400:
-        _classify(reply, url, vid, token_sent)
+        raise_for_status(reply, "civitai", token_sent)
 
     served_name = None
     if location:
@@ -218,15 +198,16 @@ async def _probe_download(
             "GET",
             fetch_url,
             {**fetch_headers, "Range": RANGE_PROBE, "Accept-Encoding": "identity"},
-            attempts=attempts,
+            policy=policy,
         )
         if cdn.status >= 400:
-            raise_for_status(cdn, "file")
+            raise_for_status(cdn, "http", False)
         data = cdn
     else:
         fetch_url = current
         fetch_headers = without_probe_headers(headers)
         data = reply
+    refuse_content_coding(data.headers, data.url)
     if data.status not in (200, 206) or data.looks_like_page():
         raise NotAModel(
             f"Civitai answered model version {vid} with a {data.content_type or 'page'}, "
@@ -250,7 +231,7 @@ async def _probe_download(
         sha256=entry.sha256,
         fetch_url=fetch_url,
         fetch_headers=fetch_headers,
-        etag=data.headers.get("ETag") if location else None,
+        etag=strong_validator(data.headers),
         accept_ranges=data.status == 206,
         served_filename=served_name,
         version_id=vid,

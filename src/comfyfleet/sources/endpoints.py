@@ -73,8 +73,25 @@ def _rebase(url: str, endpoint: str, public_hosts: frozenset[str]) -> str:
     return urlunsplit((base.scheme, base.netloc, path, parts.query, parts.fragment))
 
 
+def upgrade_hub_scheme(url: str) -> str:
+    """``http://huggingface.co/…`` (or civitai.com) as ``https://``: the hubs serve https only
+    in practice, and a plain-http request would carry the token in cleartext."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme.lower() != "http" or host not in HF_HOSTS | CIVITAI_HOSTS:
+        return url
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port in (None, 80) else f"{host}:{port}"
+    return urlunsplit(("https", netloc, parts.path, parts.query, parts.fragment))
+
+
 def effective_url(url: str) -> str:
-    """The URL fetched: public HF/Civitai URLs moved onto ``$HF_ENDPOINT``/``$CIVITAI_ENDPOINT``."""
+    """The URL fetched: public HF/Civitai URLs moved onto ``$HF_ENDPOINT``/``$CIVITAI_ENDPOINT``
+    (plain ``http://`` on those hubs upgraded to https)."""
+    url = upgrade_hub_scheme(url)
     kind = kind_of(url)
     if kind == "huggingface" and os.environ.get("HF_ENDPOINT"):
         return _rebase(url, hf_endpoint(), HF_HOSTS)

@@ -1,14 +1,15 @@
-"""One HTTP exchange with bounded retries, and plain-URL resolution (HEAD, ranged-GET fallback).
+"""One HTTP exchange under the retry policy, and plain-URL resolution (HEAD, ranged-GET fallback).
 
-Every aiohttp error is mapped here into :mod:`comfyfleet.errors` (``Unreachable``,
-``ServerError``, ``RateLimited``), so nothing above sees a bare status code or an aiohttp
-exception. Bodies are never downloaded: at most a small error page is read, and a response
-that would stream a model is closed unread.
+Every aiohttp error and every error status is mapped here, through
+:mod:`comfyfleet.sources.status`, into :mod:`comfyfleet.errors`, so nothing above sees a bare
+status code or an aiohttp exception. Bodies are never downloaded: at most a small error page
+is read, and a response that would stream a model is closed unread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin
@@ -16,32 +17,18 @@ from urllib.parse import urljoin
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from comfyfleet.errors import (
-    AccessDenied,
-    NotAModel,
-    NotFound,
-    RateLimited,
-    ServerError,
-    SourceError,
-    Unreachable,
-)
+from comfyfleet.errors import NotAModel, NotFound, ServerError
 from comfyfleet.redact import redact_url
-from comfyfleet.retry import backoff, parse_retry_after
+from comfyfleet.retry import RetryPolicy
 from comfyfleet.sources.auth import auth_headers, headers_for_redirect
 from comfyfleet.sources.base import RemoteFile
+from comfyfleet.sources.endpoints import effective_url
 from comfyfleet.sources.filenames import filename_from_content_disposition, filename_from_url
+from comfyfleet.sources.status import Service, classify, from_exception, retryable_status
 
 if TYPE_CHECKING:
     from comfyfleet.manifest import ModelEntry
 
-#: attempts for one request when the server fails (5xx, 429) or cannot be reached
-DEFAULT_ATTEMPTS = 3
-#: backoff ceiling of the first retry (doubled each attempt, full jitter)
-BACKOFF_BASE = 0.25
-#: longest Retry-After we honour while probing (a preflight must stay fast)
-MAX_RETRY_AFTER = 10.0
-#: per-request timeout while probing
-PROBE_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=15, sock_read=30)
 #: body bytes read from an error or page response (enough to classify it)
 BODY_PREVIEW = 4096
 #: a probe: the first byte only
@@ -107,6 +94,14 @@ async def _read_upto(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def client_timeout(policy: RetryPolicy) -> aiohttp.ClientTimeout:
+    """aiohttp timeouts of one probe: connect within ``connect_timeout``, then every read
+    (the reply's first byte included) within ``first_byte_timeout``."""
+    return aiohttp.ClientTimeout(
+        total=None, sock_connect=policy.connect_timeout, sock_read=policy.first_byte_timeout
+    )
+
+
 async def _once(
     session: aiohttp.ClientSession,
     method: str,
@@ -114,9 +109,10 @@ async def _once(
     headers: dict[str, str],
     read_body: bool,
     max_body: int,
+    policy: RetryPolicy,
 ) -> Reply:
     async with session.request(
-        method, url, headers=headers, allow_redirects=False, timeout=PROBE_TIMEOUT
+        method, url, headers=headers, allow_redirects=False, timeout=client_timeout(policy)
     ) as resp:
         body = b""
         if method != "HEAD":
@@ -135,67 +131,61 @@ async def send(
     url: str,
     headers: dict[str, str],
     *,
-    attempts: int = DEFAULT_ATTEMPTS,
+    policy: RetryPolicy,
     read_body: bool = False,
     max_body: int = 32 << 20,
 ) -> Reply:
-    """One request without following redirects; 5xx/429/connection errors are retried
-    ``attempts`` times with jittered backoff, then raised as ServerError/RateLimited/Unreachable.
-    ``read_body`` reads up to ``max_body`` bytes of the reply (API documents); otherwise only
-    a short preview of a body is read.
+    """One request without following redirects, retried under ``policy`` (connection errors,
+    timeouts, 408/429/5xx), then raised as the classified SourceError. ``read_body`` reads
+    up to ``max_body`` bytes of the reply (API documents); otherwise only a short preview.
 
     Other statuses (2xx, 3xx, 4xx) are returned for the caller to classify.
     """
-    safe = redact_url(url)
-    last: SourceError | None = None
-    for attempt in range(max(1, attempts)):
-        wait = backoff(attempt, base=BACKOFF_BASE, cap=MAX_RETRY_AFTER)
+    failures = 0
+    while True:
         try:
-            reply = await _once(session, method, url, headers, read_body, max_body)
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            reason = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
-            last = Unreachable(
-                f"cannot reach {safe}: {reason or type(exc).__name__}",
-                hint="check the host name and your network; the server may be down",
+            reply = await _once(session, method, url, headers, read_body, max_body, policy)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = from_exception(
+                exc,
+                url,
+                connect_timeout=policy.connect_timeout,
+                first_byte_timeout=policy.first_byte_timeout,
             )
-        except aiohttp.ClientError as exc:
-            last = ServerError(f"{method} {safe} failed: {exc}")
         else:
-            if reply.status == 429:
-                ra = parse_retry_after(reply.headers.get("Retry-After"))
-                last = RateLimited(
-                    f"{safe} answered 429 (rate limited / download quota)",
-                    hint="wait and try again; for Civitai this is the download quota",
-                    retry_after=ra,
-                )
-                wait = min(ra, MAX_RETRY_AFTER) if ra is not None else wait
-            elif reply.status >= 500:
-                ra = parse_retry_after(reply.headers.get("Retry-After"))
-                last = ServerError(
-                    f"{safe} kept failing: HTTP {reply.status} after {attempt + 1} attempt(s)",
-                    hint="the server is failing; try again later or add a mirror",
-                    retry_after=ra,
-                )
-                wait = min(ra, MAX_RETRY_AFTER) if ra is not None else wait
-            else:
+            if not retryable_status(reply.status):
                 return reply
-        if attempt + 1 < attempts:
-            await asyncio.sleep(wait)
-    assert last is not None
-    raise last
+            error = classify(reply.status, reply.headers, reply.body, False, "http", url=url)
+        failures += 1
+        if not error.retryable or policy.gives_up(failures):
+            if failures > 1:
+                error.message += f" (after {failures} attempts)"
+            raise error from None
+        delay = policy.delay(failures, getattr(error, "retry_after", None))
+        if policy.on_retry is not None:
+            policy.on_retry(error, failures, delay)
+        await asyncio.sleep(delay)
 
 
-def raise_for_status(reply: Reply, what: str) -> None:
-    """Classify a 4xx of a plain host (called for statuses that are not success/redirect)."""
-    safe = redact_url(reply.url)
-    if reply.status in (404, 410):
-        raise NotFound(f"{what} not found: {safe} answered {reply.status}")
-    if reply.status in (401, 403):
-        raise AccessDenied(
-            f"{safe} answered {reply.status} (access denied)",
-            hint="the host needs credentials comfyfleet does not have; use another URL or a mirror",
+def raise_for_status(reply: Reply, service: Service, token_sent: bool) -> None:
+    """Raise what a non-success reply means (:func:`comfyfleet.sources.status.classify`)."""
+    raise classify(reply.status, reply.headers, reply.body, token_sent, service, url=reply.url)
+
+
+def refuse_content_coding(reply_headers: CIMultiDictProxy[str], url: str) -> None:
+    """Model bytes must arrive as they are: any ``Content-Encoding`` is an error naming the server.
+
+    We always send ``Accept-Encoding: identity``; a server that encodes anyway would have us
+    hash (and call verified) the compressed bytes, or decompress bytes nobody vouched for.
+    """
+    coding = reply_headers.get("Content-Encoding", "").strip().lower()
+    if coding and coding != "identity":
+        raise NotAModel(
+            f"{redact_url(url)} sent the file with Content-Encoding: {coding} although "
+            "comfyfleet asked for identity (unencoded) bytes",
+            hint="the server or a proxy in front of it re-encodes downloads; use another "
+            "URL or a mirror",
         )
-    raise ServerError(f"{safe} answered {reply.status}")
 
 
 def content_range_total(headers: CIMultiDictProxy[str]) -> int | None:
@@ -211,7 +201,7 @@ async def follow(
     url: str,
     headers: dict[str, str],
     *,
-    attempts: int = DEFAULT_ATTEMPTS,
+    policy: RetryPolicy,
     max_redirects: int = 10,
 ) -> tuple[Reply, dict[str, str]]:
     """Follow redirects ourselves, dropping Authorization on any change of origin.
@@ -220,7 +210,7 @@ async def follow(
     """
     current, sent = url, dict(headers)
     for _ in range(max_redirects + 1):
-        reply = await send(session, method, current, sent, attempts=attempts)
+        reply = await send(session, method, current, sent, policy=policy)
         target = reply.location
         if target is None:
             return reply, sent
@@ -234,25 +224,23 @@ async def resolve_plain(
     entry: ModelEntry,
     url: str,
     *,
-    attempts: int = DEFAULT_ATTEMPTS,
+    policy: RetryPolicy,
+    notes: list[str] | None = None,
 ) -> RemoteFile:
     """Resolve a plain HTTP(S) URL: HEAD (following redirects), or a 1-byte ranged GET when
     HEAD is refused; the final URL is where the bytes are fetched from."""
-    headers = auth_headers(url)
-    reply, sent = await follow(
-        session, "HEAD", url, {**headers, "Accept-Encoding": "identity"}, attempts=attempts
-    )
+    target = effective_url(url)
+    headers = {**auth_headers(target, notes), "Accept-Encoding": "identity"}
+    token_sent = "Authorization" in headers
+    reply, sent = await follow(session, "HEAD", target, headers, policy=policy)
     if reply.status >= 400 and reply.status not in (404, 410):
         # HEAD refused (or answered oddly): ask for the first byte instead.
         reply, sent = await follow(
-            session,
-            "GET",
-            url,
-            {**headers, "Range": RANGE_PROBE, "Accept-Encoding": "identity"},
-            attempts=attempts,
+            session, "GET", target, {**headers, "Range": RANGE_PROBE}, policy=policy
         )
     if reply.status not in (200, 206):
-        raise_for_status(reply, "file")
+        raise_for_status(reply, "http", token_sent and "Authorization" in sent)
+    refuse_content_coding(reply.headers, reply.url)
     if reply.looks_like_page():
         raise NotAModel(
             f"{redact_url(url)} serves a {reply.content_type or 'web page'}, not a model file",
@@ -271,7 +259,6 @@ async def resolve_plain(
             f"cannot tell a file name for {redact_url(url)}",
             hint='set filename = "..." in the manifest entry',
         )
-    final_headers = without_probe_headers(sent)
     return RemoteFile(
         url=url,
         kind="http",
@@ -279,7 +266,24 @@ async def resolve_plain(
         size=size if size is not None else entry.size,
         sha256=entry.sha256,
         fetch_url=reply.url,
-        fetch_headers=final_headers,
-        etag=reply.headers.get("ETag"),
+        fetch_headers=without_probe_headers(sent),
+        etag=strong_validator(reply.headers),
         accept_ranges=accept_ranges,
     )
+
+
+def strong_validator(headers: CIMultiDictProxy[str] | dict[str, str]) -> str | None:
+    """The reply's validator for ``If-Range``: a strong ``ETag``, else ``Last-Modified`` when
+    it is strong (``Date`` at least a second later, RFC 9110 §8.8.2.2); None when neither."""
+    etag = (headers.get("ETag") or "").strip()
+    if etag and not etag.startswith("W/"):
+        return etag
+    modified = (headers.get("Last-Modified") or "").strip()
+    if not modified:
+        return None
+    try:
+        lm = email.utils.parsedate_to_datetime(modified)
+        date = email.utils.parsedate_to_datetime(headers.get("Date") or "")
+    except (TypeError, ValueError):
+        return None
+    return modified if (date - lm).total_seconds() >= 1 else None

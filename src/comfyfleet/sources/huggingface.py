@@ -2,8 +2,8 @@
 
 Follows huggingface_hub's ``get_hf_file_metadata`` and ``hf_raise_for_status``
 (reference/downloaders.md §2.2, §2.4): size from ``X-Linked-Size``, sha256 from
-``X-Linked-Etag`` when it is 64 hex, the CDN URL from ``Location``; gating is told apart by
-``X-Error-Code: GatedRepo`` plus whether a token was sent — not by 401 vs 403.
+``X-Linked-Etag`` when it is 64 hex, the CDN URL from ``Location``; errors are read by
+:func:`comfyfleet.sources.status.classify` (``X-Error-Code`` plus whether a token was sent).
 """
 
 from __future__ import annotations
@@ -16,13 +16,20 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from comfyfleet.errors import AccessDenied, GatedNoAccess, GatedRepo, NotFound, ServerError
+from comfyfleet.errors import NotFound
 from comfyfleet.redact import redact_url
+from comfyfleet.retry import RetryPolicy
 from comfyfleet.sources.auth import auth_headers, headers_for_redirect
 from comfyfleet.sources.base import USER_AGENT, RemoteFile
 from comfyfleet.sources.endpoints import HFLocation, effective_url, origin, parse_hf_url
 from comfyfleet.sources.filenames import filename_from_url, safe_name
-from comfyfleet.sources.http import DEFAULT_ATTEMPTS, Reply, send
+from comfyfleet.sources.http import (
+    Reply,
+    raise_for_status,
+    refuse_content_coding,
+    send,
+    strong_validator,
+)
 
 if TYPE_CHECKING:
     from comfyfleet.manifest import ModelEntry
@@ -38,70 +45,24 @@ def normalize_etag(value: str | None) -> str | None:
     return value.strip().removeprefix("W/").strip('"') or None
 
 
-def _classify(reply: Reply, loc: HFLocation, url: str, token_sent: bool) -> None:
-    """Raise the SourceError an HF error reply means (hf_raise_for_status, our flavour)."""
-    code = reply.headers.get("X-Error-Code", "")
-    safe = redact_url(url)
-    if code == "GatedRepo":
-        if token_sent:
-            raise GatedNoAccess(
-                f"{loc.repo} is gated and the account of HF_TOKEN has no access to it",
-                hint=f"accept the licence at {loc.page_url} with the account that owns "
-                "HF_TOKEN (or use a token of an account that has)",
-            )
-        raise GatedRepo(
-            f"{loc.repo} is gated: a Hugging Face token is required",
-            hint=f"set HF_TOKEN (token of an account that accepted the licence at {loc.page_url})",
-        )
-    if code == "EntryNotFound":
-        raise NotFound(
-            f"{loc.path} does not exist in {loc.repo} at revision {loc.rev}",
-            hint="fix the path in the URL (see the suggestions)",
-        )
-    if code == "RevisionNotFound":
-        raise NotFound(
-            f"revision {loc.rev!r} does not exist in {loc.repo}",
-            hint="use a branch, tag or commit of the repo (e.g. main)",
-        )
-    if code == "RepoNotFound" or (reply.status == 404 and not code):
-        hint = "check the repo name" + ("" if token_sent else "; a private repo needs HF_TOKEN")
-        raise NotFound(f"repository {loc.repo} not found ({safe})", hint=hint)
-    if reply.status == 401:
-        if token_sent:
-            raise AccessDenied(
-                f"Hugging Face rejected HF_TOKEN for {loc.repo}",
-                hint="the token is invalid or expired: create a new one at "
-                "https://huggingface.co/settings/tokens",
-            )
-        raise NotFound(
-            f"repository {loc.repo} not found or private ({safe})",
-            hint="check the repo name; a private repo needs HF_TOKEN",
-        )
-    if reply.status == 403:
-        raise AccessDenied(
-            f"Hugging Face refused access to {loc.repo} ({safe})",
-            hint="make sure HF_TOKEN has read permission for this repo",
-        )
-    raise ServerError(f"{safe} answered {reply.status}")
-
-
 async def resolve_hf(
     session: aiohttp.ClientSession,
     entry: ModelEntry,
     url: str,
     *,
-    attempts: int = DEFAULT_ATTEMPTS,
+    policy: RetryPolicy,
+    notes: list[str] | None = None,
 ) -> RemoteFile:
     """Resolve an HF ``/resolve/`` URL with one HEAD; the CDN ``Location`` becomes ``fetch_url``."""
     target = effective_url(url)
     loc = parse_hf_url(target)
     if loc is None:  # kind_of said HF, so this cannot happen; keep the error honest anyway
         raise NotFound(f"not a Hugging Face resolve URL: {redact_url(url)}")
-    headers = {**auth_headers(target), "Accept-Encoding": "identity"}
+    headers = {**auth_headers(target, notes), "Accept-Encoding": "identity"}
     token_sent = "Authorization" in headers
     current = target
     for _ in range(_MAX_RELATIVE_REDIRECTS + 1):
-        reply = await send(session, "HEAD", current, headers, attempts=attempts)
+        reply = await send(session, "HEAD", current, headers, policy=policy)
         location = reply.location
         # Same-origin redirects are repo renames: follow them (huggingface_hub does too).
         if location and origin(location) == origin(current) and "/resolve/" in location:
@@ -109,18 +70,21 @@ async def resolve_hf(
             continue
         break
     if reply.status >= 400:
-        _classify(reply, loc, url, token_sent)
+        raise_for_status(reply, "huggingface", token_sent)
     etag = normalize_etag(reply.headers.get("X-Linked-Etag") or reply.headers.get("ETag"))
     linked_size = reply.headers.get("X-Linked-Size", "")
     size: int | None = int(linked_size) if linked_size.isdigit() else None
+    validator = None
     if location:
         fetch_url = location
         fetch_headers = headers_for_redirect(location, current, {**auth_headers(current)})
     else:
         # Served directly (a small non-LFS file): Content-Length is the file's own length.
+        refuse_content_coding(reply.headers, current)
         cl = reply.headers.get("Content-Length", "")
         size = size if size is not None else (int(cl) if cl.isdigit() else None)
         fetch_url, fetch_headers = current, auth_headers(current)
+        validator = strong_validator(reply.headers)
     sha = entry.sha256 or (etag.lower() if etag and _SHA256.match(etag.lower()) else None)
     filename = entry.filename or safe_name(loc.path) or filename_from_url(target)
     if not filename:
@@ -135,26 +99,27 @@ async def resolve_hf(
         sha256=sha,
         fetch_url=fetch_url,
         fetch_headers=fetch_headers,
-        etag=None,  # X-Linked-Etag is not the CDN's ETag: the engine learns that from the CDN
+        # X-Linked-Etag is the hub's, not the CDN's ETag: for a redirect, the download engine
+        # takes the validator from the CDN's first reply (and sends it as If-Range on resume).
+        etag=validator,
         accept_ranges=reply.headers.get("Accept-Ranges", "bytes") == "bytes",
     )
 
 
 async def list_repo_files(
-    session: aiohttp.ClientSession, loc: HFLocation, *, attempts: int = DEFAULT_ATTEMPTS
+    session: aiohttp.ClientSession, loc: HFLocation, *, policy: RetryPolicy | None = None
 ) -> list[str]:
     """Every file path in the repo at ``loc.rev`` (tree API, recursive, following pages).
 
     Returns ``[]`` when the listing is refused (gated, missing repo or revision).
     """
+    policy = policy or RetryPolicy.for_check()
     url: str | None = loc.tree_url()
     paths: list[str] = []
     for _ in range(50):  # pages of 1000 entries: plenty for any model repo
         if url is None:
             break
-        reply = await send(
-            session, "GET", url, auth_headers(url), attempts=attempts, read_body=True
-        )
+        reply = await send(session, "GET", url, auth_headers(url), policy=policy, read_body=True)
         if reply.status != 200:
             return paths
         try:
