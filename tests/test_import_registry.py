@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from comfyfleet.cli import _register, app
-from comfyfleet.errors import NotFound
-from comfyfleet.install.registry import RegistryUnreachable, registry_repo, resolve_registry_id
+from comfyfleet.errors import NotFound, ServerError, Unreachable
+from comfyfleet.install.registry import registry_repo, resolve_registry_id
 from comfyfleet.testing.registry import RegistryServer
 
 _register()
@@ -61,8 +61,14 @@ async def test_a_record_without_a_usable_repository_is_refused(registry, reposit
 
 async def test_a_failing_registry_is_unreachable_not_a_traceback(registry):
     registry.fail_with = 503
-    with pytest.raises(RegistryUnreachable, match="answered 503"):
+    with pytest.raises(ServerError, match="answered 503"):
         await resolve("comfyui-impact-pack")
+
+
+async def test_a_registry_nobody_answers_is_unreachable(registry):
+    registry.stop_thread()  # the port is closed now: connection refused
+    with pytest.raises(Unreachable, match="could not be asked about 'x'"):
+        await resolve("x")
 
 
 async def test_provisioning_asks_the_registry_once_per_root(registry, tmp_path: Path):

@@ -9,11 +9,7 @@ from pathlib import Path
 import typer
 
 from comfyfleet.cli.app import app, run
-from comfyfleet.errors import ComfyfleetError, UsageError
-
-
-class NothingImported(ComfyfleetError):
-    """The input yielded no model and no node (exit 1)."""
+from comfyfleet.errors import NothingToImport, UsageError
 
 
 @app.command("import")
@@ -52,7 +48,7 @@ def import_(
         for skipped in result.skipped:
             print(f"import: {file.name}: {skipped.describe()}", file=sys.stderr)
         if result.empty and not result.workflows:
-            raise NothingImported(
+            raise NothingToImport(
                 f"{file}: no model and no custom node found",
                 hint="the script importer reads: " + "; ".join(SCRIPT_STYLES),
             )

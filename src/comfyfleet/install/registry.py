@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from comfyfleet.errors import NotFound, SourceError
+from comfyfleet.errors import NotFound, ServerError, Unreachable
 from comfyfleet.install.comfyui import load_state, save_state
 
 REGISTRY_PUBLIC = "https://api.comfy.org"
@@ -31,13 +31,6 @@ _REPO_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d+)?/[A-Za-z0-9._~%/+-]+$"
 def registry_endpoint() -> str:
     """The registry API: ``$COMFY_REGISTRY_ENDPOINT`` or ``https://api.comfy.org`` (no final /)."""
     return (os.environ.get("COMFY_REGISTRY_ENDPOINT") or REGISTRY_PUBLIC).rstrip("/")
-
-
-class RegistryUnreachable(SourceError):
-    """The Comfy Registry did not answer (network, 5xx or a reply that is not a node record)."""
-
-    status = "unreachable"
-    retryable = True
 
 
 @dataclass(frozen=True)
@@ -52,7 +45,7 @@ class RegistryNode:
 async def resolve_registry_id(
     session: aiohttp.ClientSession, node_id: str, *, timeout: float = 20.0
 ) -> RegistryNode:
-    """The repository of registry node ``node_id``; NotFound or RegistryUnreachable if unknown."""
+    """The repository of registry node ``node_id``; NotFound, ServerError or Unreachable."""
     url = f"{registry_endpoint()}/nodes/{quote(node_id, safe='')}"
     try:
         async with session.get(
@@ -66,13 +59,13 @@ async def resolve_registry_id(
                     hint='check the id, or give the node\'s repo = "<git URL>" instead',
                 )
             if reply.status != 200:
-                raise RegistryUnreachable(
+                raise ServerError(
                     f"the Comfy Registry answered {reply.status} for {node_id!r}",
                     hint="try again later, or give the node's repo instead of registry_id",
                 )
             data = await reply.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise RegistryUnreachable(
+        raise Unreachable(
             f"the Comfy Registry ({registry_endpoint()}) could not be asked about {node_id!r}: "
             f"{type(exc).__name__}",
             hint="check the network, or give the node's repo instead of registry_id",

@@ -137,9 +137,10 @@ class RegistryServer:
             raise RuntimeError("registry double did not start within 15 s")
 
     def stop_thread(self) -> None:
-        """Stop a server started with :meth:`start_in_thread`."""
+        """Stop a server started with :meth:`start_in_thread` (a second call does nothing)."""
         if self._loop and self._stop:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread:
             self._thread.join(15)
             self._thread = None
+        self._loop = self._stop = None
