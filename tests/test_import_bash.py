@@ -293,7 +293,7 @@ curl -fsSL --output-dir "$MODELS_DIR/upscale_models" -O https://example.com/4x_u
 aria2c -x 16 -s 16 -d "$MODELS_DIR/controlnet" -o union.safetensors https://example.com/cn
 hf download Comfy-Org/flux split_files/text_encoders/t5xxl.safetensors --local-dir "$MODELS_DIR/text_encoders"
 huggingface-cli download Comfy-Org/flux clip_l.safetensors --local-dir "$MODELS_DIR/text_encoders" --revision v2
-comfy model download --url https://example.com/emb.pt --relative-path models/embeddings --filename neg.pt
+sudo -E timeout 600 comfy model download --url https://example.com/emb.pt --relative-path models/embeddings --filename neg.pt
 download https://example.com/sam.pth "$MODELS_DIR/sams"
 model_url="https://example.com/hy3d.safetensors"
 download "$model_url" "$MODELS_DIR/diffusion_models"

@@ -114,6 +114,9 @@ _QUIET = frozenset({"echo", "printf", "log", "print", "printf_log", "mkdir", "ch
                     "touch", "rm", "cp", "ln", "cat", "tee", "sed", "grep", "awk", "tr",
                     "basename", "dirname", "dos2unix", "sudo", "eval", "exec", "break",
                     "continue", "pushd", "popd"})  # fmt: skip
+#: commands that run the command after them
+_PREFIXES = frozenset({"sudo", "nohup", "nice", "ionice", "command", "exec", "env", "timeout",
+                       "time", "stdbuf"})  # fmt: skip
 _PACKAGE_TOOLS = frozenset({"pip", "pip3", "uv", "apt", "apt-get", "conda", "micromamba"})
 _COMFY_REPOS = re.compile(r"github\.com/(comfyanonymous|Comfy-Org)/ComfyUI(\.git)?/?$", re.I)
 
@@ -252,6 +255,13 @@ class _Reader:
     # --- commands ----------------------------------------------------------------------
 
     def run(self, cmd: Command) -> None:
+        words = list(cmd.words)
+        while len(words) > 1 and unquote(words[0].raw).rsplit("/", 1)[-1] in _PREFIXES:
+            # sudo wget …, nohup aria2c …, timeout 600 hf download …: the command that runs
+            words = words[1:]
+            while len(words) > 1 and re.match(r"^(-|\d|[A-Za-z_]\w*=)", words[0].raw):
+                words = words[1:]
+        cmd = Command(words, cmd.line)
         args = [self.x(w) for w in cmd.words]
         name = args[0].rsplit("/", 1)[-1]
         text = " ".join(w.raw for w in cmd.words)
