@@ -524,3 +524,19 @@ wget -P "$COMFYUI_DIR/models/vae" https://example.com/v.safetensors
     assert len(lines) == 2, stderr
     assert "line 4: here-document, lines 4-4 — an embedded ComfyUI workflow" in lines[0]
     assert "line 10:" in lines[1] and "an input file for ComfyUI (input/), not a model" in lines[1]
+
+
+def test_import_never_touches_the_network_nor_runs_the_script(tmp_path, monkeypatch):
+    import socket
+    import subprocess
+
+    def refuse(*_a, **_k):
+        raise AssertionError("import must not use the network or run anything")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    marker = tmp_path / "ran"
+    script = f"touch {marker}\nwget -P /workspace/ComfyUI/models/vae https://huggingface.co/o/r/resolve/main/v.safetensors\n"
+    models, _nodes, _text, _stderr = imported(tmp_path, script)
+    assert len(models) == 1 and not marker.exists()
