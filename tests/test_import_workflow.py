@@ -90,6 +90,13 @@ CUSTOM = {
             "widgets_values": ["Wan2_1_VAE_bf16.safetensors", "bf16"],
         },
         {
+            "id": 14,
+            "type": "WanVideoSampler",
+            "mode": 0,
+            "properties": {"cnr_id": "ComfyUI-WanVideoWrapper", "ver": COMMIT},
+            "widgets_values": [],
+        },
+        {
             "id": 20,
             "type": "VHS_VideoCombine",
             "mode": 0,
@@ -144,7 +151,7 @@ def test_custom_nodes_come_from_aux_id_cnr_id_and_the_pack_table(tmp_path: Path)
         {
             "repo": "https://github.com/kijai/ComfyUI-WanVideoWrapper",
             "ref": COMMIT,  # ver is a commit: pinned
-            "classes": ["WanVideoModelLoader", "WanVideoVAELoader"],
+            "classes": ["WanVideoModelLoader", "WanVideoVAELoader", "WanVideoSampler"],
         },
         {
             "repo": "https://github.com/Kosinkadink/ComfyUI-VideoHelperSuite",

@@ -161,7 +161,8 @@ def one_per_destination(result: ImportResult) -> None:
         if n.commented:
             continue
         if key in seen_nodes:
-            n.commented = f"the same node as line {seen_nodes[key]}"
+            where = f"line {seen_nodes[key]}" if seen_nodes[key] else "an entry above"
+            n.commented = f"the same node as {where}"
         else:
             seen_nodes[key] = n.line
 

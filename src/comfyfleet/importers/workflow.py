@@ -85,6 +85,7 @@ class _WorkflowReader:
         self.result = ImportResult(str(path), workflows=[workflow_path])
         self.table = pack_table()
         self.packs: dict[str, _PackUse] = {}
+        self.aux_of: dict[str, str] = {}
         #: (subfolder, filename) of every file already listed, with a URL or without
         self.named: set[tuple[str, str]] = set()
 
@@ -98,6 +99,13 @@ class _WorkflowReader:
             m for m in self.result.models
             if not m.commented or (m.subfolder, m.filename) not in live
         ]  # fmt: skip
+        # a pack some node names by aux_id is that repository for its other nodes as well
+        self.aux_of = {
+            n.properties["cnr_id"]: n.properties["aux_id"]
+            for n in self.workflow.nodes
+            if isinstance(n.properties.get("cnr_id"), str)
+            and isinstance(n.properties.get("aux_id"), str)
+        }
         for node in self.workflow.nodes:
             self.custom_node(node)
         for use in self.packs.values():
@@ -253,6 +261,8 @@ class _WorkflowReader:
         props = node.properties
         cnr_id = props.get("cnr_id") if isinstance(props.get("cnr_id"), str) else None
         aux_id = props.get("aux_id") if isinstance(props.get("aux_id"), str) else None
+        if aux_id is None and cnr_id is not None:
+            aux_id = self.aux_of.get(cnr_id)
         ver = props.get("ver") if isinstance(props.get("ver"), str) else None
         if cnr_id == _CORE:
             return
@@ -270,10 +280,11 @@ class _WorkflowReader:
         if cnr_id is not None and not REGISTRY_ID.match(cnr_id):
             self.result.skip(0, shown, "cnr_id is not a Comfy Registry id; not imported")
             return
-        key = (aux_id or (pack.registry_id if pack else cnr_id) or "").lower()
+        new = self.new_node(cnr_id, aux_id, pack)
+        key = (new.repo or f"registry:{new.registry_id}").lower().removesuffix(".git")
         use = self.packs.get(key)
         if use is None:
-            use = self.packs[key] = _PackUse(self.new_node(cnr_id, aux_id, pack), [])
+            use = self.packs[key] = _PackUse(new, [])
         printable = re.fullmatch(r"[^\x00-\x1f\x7f-\x9f]{1,200}", node.class_type or "")
         if printable and node.class_type not in use.node.classes:
             use.node.classes.append(node.class_type)
