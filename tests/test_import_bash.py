@@ -300,6 +300,7 @@ download "$model_url" "$MODELS_DIR/diffusion_models"
 cd "$COMFYUI_DIR/custom_nodes" && git clone https://github.com/city96/ComfyUI-GGUF
 git clone --depth 1 -b v1.2.3 https://github.com/kijai/ComfyUI-KJNodes.git "$COMFYUI_DIR/custom_nodes/KJ"
 git clone https://github.com/comfyanonymous/ComfyUI.git /workspace/ComfyUI
+git -C "$COMFYUI_DIR/custom_nodes/KJ" checkout 0123abcd
 """
 
 
@@ -325,7 +326,7 @@ def test_direct_download_commands_and_clones(tmp_path):
     ]  # fmt: skip
     assert [(n["repo"], n.get("ref")) for n in nodes] == [
         ("https://github.com/city96/ComfyUI-GGUF", None),
-        ("https://github.com/kijai/ComfyUI-KJNodes.git", "v1.2.3"),
+        ("https://github.com/kijai/ComfyUI-KJNodes.git", "0123abcd"),  # checkout in its folder
     ]
     assert tomllib.loads(text)["comfyui"]["extra_folders"] == ["sams"]
     assert "custom_nodes/KJ" in text  # the folder the script chose is noted

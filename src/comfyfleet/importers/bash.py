@@ -422,8 +422,9 @@ class _Reader:
         node = ImportedNode(repo=repo, ref=clone.branch, notes=notes, line=cmd.line)
         folder = parts[-1] if target else ""
         tail = repo.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
-        if folder and folder != tail and UNRESOLVED not in folder:
-            node.notes.append(f"the script clones it into custom_nodes/{folder}")
+        node.folder = folder if folder and UNRESOLVED not in folder else tail
+        if node.folder != tail:
+            node.notes.append(f"the script clones it into custom_nodes/{node.folder}")
         if not clone.branch:
             node.notes.append('unpinned: the script installed the default branch; add ref = "…"')
         self.node_tags.append((node, self.where.tag))
@@ -436,8 +437,7 @@ class _Reader:
             return
         folder = where.rstrip("/").rsplit("/", 1)[-1]
         for node, _tag in self.node_tags:
-            tail = (node.repo or "").rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
-            if tail == folder:
+            if node.folder == folder:
                 node.ref = ref
                 node.notes = [n for n in node.notes if not n.startswith("unpinned")]
 

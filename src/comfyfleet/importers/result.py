@@ -57,6 +57,8 @@ class ImportedNode:
     notes: list[str] = field(default_factory=list)
     line: int = 0
     commented: str = ""
+    #: the folder the input put it in under custom_nodes/ (matches later commands to it)
+    folder: str = ""
 
 
 @dataclass
