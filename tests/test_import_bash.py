@@ -336,6 +336,24 @@ def test_direct_download_commands_and_clones(tmp_path):
 # --- 6. renames after download -------------------------------------------------------------------
 
 
+def test_a_node_s_own_model_directory_maps_to_the_key_that_lists_it(tmp_path):
+    script = r"""
+animated_models_dir=/opt/ComfyUI/custom_nodes/ComfyUI-AnimateDiff-Evolved/models
+model_file=${animated_models_dir}/mm_sd_v15.ckpt
+model_url=https://huggingface.co/guoyww/animatediff/resolve/main/mm_sd_v15.ckpt
+if [[ ! -e ${model_file} ]]; then
+    download ${model_url} ${model_file}
+fi
+"""
+    models, _nodes, text, stderr = imported(tmp_path, script)
+    assert models == [
+        {"url": "https://huggingface.co/guoyww/animatediff/resolve/main/mm_sd_v15.ckpt",
+         "folder": "animatediff_models", "filename": "mm_sd_v15.ckpt"}
+    ]  # fmt: skip
+    assert tomllib.loads(text)["comfyui"]["extra_folders"] == ["animatediff_models"]
+    assert stderr == ""
+
+
 def test_mv_after_a_download_becomes_the_filename(tmp_path):
     script = r"""
 MODELS_DIR=/workspace/ComfyUI/models

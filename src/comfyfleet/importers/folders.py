@@ -20,6 +20,13 @@ LEGACY_STORAGE: dict[str, str] = {
     "lora": "loras",
     "esrgan": "upscale_models",
 }
+#: model directories inside a custom node's own folder, and the folder key that lists them
+#: (AnimateDiff-Evolved registers its models/ and motion_lora/ under these keys:
+#: animatediff/utils_model.py, reference/provisioning_anchors.md §3.1)
+NODE_OWN_DIRS: dict[tuple[str, str], str] = {
+    ("ComfyUI-AnimateDiff-Evolved", "models"): "animatediff_models",
+    ("ComfyUI-AnimateDiff-Evolved", "motion_lora"): "animatediff_motion_lora",
+}
 #: marks an unresolved shell variable inside an expanded string (never in real text)
 UNRESOLVED = "\x00"
 
@@ -86,6 +93,12 @@ def locate(path: str, *, is_file: bool) -> Location:
     ``$MY_DIR/models/vae`` still maps.
     """
     parts = path.replace("\\", "/").split("/")
+    if "custom_nodes" in parts:  # a node's own model directory, e.g. AnimateDiff's models/
+        i = len(parts) - 1 - parts[::-1].index("custom_nodes")
+        own = NODE_OWN_DIRS.get((parts[i + 1], parts[i + 2])) if len(parts) > i + 2 else None
+        if own:
+            rest = "/".join(parts[i + 3 :])
+            return split_relative(f"{own}/{rest}" if rest else own, is_file=is_file)
     searchable = parts[:-1] if is_file else parts
     if "models" not in searchable:
         if "input" in searchable:
