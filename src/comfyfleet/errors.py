@@ -204,6 +204,10 @@ class HostKeyError(ComfyfleetError):
     """The remote host key is unknown or changed; refused (never silently accepted)."""
 
 
+class RemotePathError(UsageError):
+    """The remote path to follow exists but is not a regular file (a directory, a fifo)."""
+
+
 class Interrupted(ComfyfleetError):
     """Stopped by SIGINT/SIGTERM; the work done so far is kept and resumable."""
 

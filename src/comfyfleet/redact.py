@@ -62,8 +62,11 @@ def redact_url(url: str) -> str:
 
 
 def secret_values() -> list[str]:
-    """The secret values currently in the environment (non-trivial ones only)."""
-    return [v for name in SECRET_ENV_VARS if len(v := os.environ.get(name, "")) >= 4]
+    """The secret values in the environment or given in memory (non-trivial ones only)."""
+    from comfyfleet.credentials import given_values
+
+    env = [os.environ.get(name, "") for name in SECRET_ENV_VARS]
+    return [v for v in [*env, *given_values()] if len(v) >= 4]
 
 
 def _url_match(m: re.Match[str]) -> str:

@@ -60,3 +60,16 @@ def test_reopening_the_same_file_checks_size_and_head():
     assert step(again, Opened(1, 7, 9, b"xyz\n", "same")).end_session  # rewritten
     gone = step(again, Opened(1, 7, 9, b"xyz\n", "old"))  # inode number reused elsewhere
     assert gone.end_session and gone.reader.position.identity is None
+
+
+def test_long_lines_are_cut_at_the_same_points_whatever_the_chunking(monkeypatch):
+    monkeypatch.setattr(core, "MAX_LINE_BYTES", 8)
+    content = b"short\n" + b"x" * 20 + b"\n" + b"y" * 16 + b"\n" + b"z" * 8 + b"\nend\n"
+    expected = b"short\nxxxxxxxx\nxxxxxxxx\nxxxx\nyyyyyyyy\nyyyyyyyy\nzzzzzzzz\nend\n"
+    for size in (1, 3, 7, 8, 9, 16, 17, len(content)):
+        reader, out = opened(resume(Position())), b""
+        for i in range(0, len(content), size):
+            st = feed(reader, content[: i + size], content[i : i + size])
+            reader, out = st.reader, out + st.append
+        assert out == expected, f"chunks of {size}"
+        assert reader.position.offset == len(content) and reader.pending == b""

@@ -74,6 +74,12 @@ def provision(
     no_start: bool = typer.Option(
         False, "--no-start", help="Install and verify; don't start ComfyUI."
     ),
+    secrets_stdin: bool = typer.Option(
+        False,
+        "--secrets-stdin",
+        help='Read tokens as a JSON object (e.g. {"HF_TOKEN": "..."}) from stdin; '
+        "only the downloads get them, never the environment of git, pip or ComfyUI.",
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Install ComfyUI, custom nodes, models and workflows; verify; start ComfyUI until ready."""
@@ -82,6 +88,8 @@ def provision(
         from comfyfleet.manifest import load_manifest
         from comfyfleet.provisioning import provision as do_provision
 
+        if secrets_stdin:
+            _secrets_from_stdin()
         m = load_manifest(manifest)
         with event_console(render_event) as console:
             report = run_async(
@@ -114,6 +122,17 @@ _STOP_DOC: dict[str, Any] = {"stopped": False, "pid": None, "stale": False, "kil
 _STATUS_DOC: dict[str, Any] = {
     "running": False, "healthy": False, "pid": None, "port": None, "uptime_s": None,
 }  # fmt: skip
+
+
+def _secrets_from_stdin() -> None:
+    from comfyfleet import credentials
+    from comfyfleet.errors import UsageError
+
+    text = sys.stdin.read(1 << 16)
+    try:
+        credentials.give(credentials.parse_secrets(text))
+    except ValueError as exc:
+        raise UsageError(f"--secrets-stdin: {exc}") from None
 
 
 @app.command("verify")

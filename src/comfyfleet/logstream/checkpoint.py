@@ -63,8 +63,13 @@ def decode(doc: dict[str, Any]) -> tuple[Position, str]:
 
 def save(path: Path, position: Position, *, source: str) -> None:
     """Write the checkpoint atomically; LOCAL must already be fsynced."""
+    save_document(path, encode(position, source=source))
+
+
+def save_document(path: Path, doc: dict[str, Any]) -> None:
+    """Write an encoded checkpoint atomically (temp, fsync, rename, directory fsync)."""
     tmp = _tmp(path)
-    data = json.dumps(encode(position, source=source)).encode()
+    data = json.dumps(doc).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)
@@ -75,8 +80,8 @@ def save(path: Path, position: Position, *, source: str) -> None:
     _fsync_dir(path.parent)
 
 
-def load(path: Path, *, source: str) -> Position | None:
-    """The last checkpoint, or None when there is none.
+def load_document(path: Path) -> dict[str, Any] | None:
+    """The last checkpoint document, or None when there is none.
 
     A complete temp file left by a crash between its fsync and the rename is newer than the
     main file, so it wins (Vector's checkpointer does the same); a torn one is ignored.
@@ -84,23 +89,35 @@ def load(path: Path, *, source: str) -> Position | None:
     for candidate in (_tmp(path), path):
         try:
             doc = json.loads(candidate.read_bytes())
-            pos, recorded = decode(doc)
+            decode(doc)
         except FileNotFoundError:
             continue
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             if candidate == path:
                 raise UsageError(
                     f"checkpoint {path} is unreadable ({exc})",
                     hint="delete it to start again from the beginning of the remote log",
                 ) from exc
             continue
-        if recorded and recorded != source:
-            raise UsageError(
-                f"checkpoint {path} belongs to {recorded}, not {source}",
-                hint="use another --state file or --output for a different host or path",
-            )
-        return pos
+        return doc
     return None
+
+
+def position_of(doc: dict[str, Any], *, source: str, where: str) -> Position:
+    """The position a checkpoint document records; UsageError when it is another log's."""
+    pos, recorded = decode(doc)
+    if recorded and recorded != source:
+        raise UsageError(
+            f"checkpoint {where} belongs to {recorded}, not {source}",
+            hint="use another --state file or --output for a different host or path",
+        )
+    return pos
+
+
+def load(path: Path, *, source: str) -> Position | None:
+    """The position of the last checkpoint at ``path``, or None when there is none."""
+    doc = load_document(path)
+    return None if doc is None else position_of(doc, source=source, where=str(path))
 
 
 def _fsync_dir(directory: Path) -> None:

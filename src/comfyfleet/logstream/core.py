@@ -23,8 +23,9 @@ from typing import Literal
 
 #: how many leading bytes of a file take part in its identity (Vector fingerprints the start)
 HEAD_BYTES = 1024
-#: a partial line longer than this is delivered as it is (with a newline added) rather than
-#: held without bound: a progress bar drawn with \r never ends its line
+#: a partial line longer than this is delivered in pieces of exactly this size (each with a
+#: newline added) rather than held without bound: a progress bar drawn with \r never ends
+#: its line
 MAX_LINE_BYTES = 1024 * 1024
 
 
@@ -110,14 +111,19 @@ class Checked:
 
 @dataclass(frozen=True)
 class Rotated:
-    """The path names another file now, and the old one stayed idle long enough: drained."""
+    """The old file is drained and the path names another file now. With ``continues`` the
+    same session goes on with the new file (an ``Opened`` follows); else it ends."""
+
+    continues: bool = False
 
 
 @dataclass(frozen=True)
 class Truncated:
-    """The open file shrank below the reader's offset (copytruncate, ``: > file``)."""
+    """The open file shrank below the reader's offset (copytruncate, ``: > file``). With
+    ``continues`` the same session goes on reading it from 0; else it ends."""
 
     size: int
+    continues: bool = False
 
 
 @dataclass(frozen=True)
@@ -217,19 +223,33 @@ def _chunk(reader: Reader, ev: Chunk) -> Step:
     buf = reader.pending + ev.data
     cut = buf.rfind(b"\n") + 1
     complete, pending = buf[:cut], buf[cut:]
+    lines = complete.split(b"\n")[:-1]
+    if len(complete) > MAX_LINE_BYTES and any(len(x) > MAX_LINE_BYTES for x in lines):
+        lines = [p for x in lines for p in _pieces(x)]
+        complete = b"".join(x + b"\n" for x in lines)
     if len(pending) > MAX_LINE_BYTES:
-        complete, pending = buf + b"\n", b""  # the offset then points inside that line
+        # The held part starts where a piece starts, so its pieces line up with those of
+        # the whole line; the last piece waits (its newline may come). The offset then
+        # points inside that line.
+        whole = _pieces(pending)
+        lines += whole[:-1]
+        complete += b"".join(x + b"\n" for x in whole[:-1])
+        pending = whole[-1]
     new_pos = replace(pos, identity=replace(ident, head=head))
     if not complete:
         return Step(Reader(new_pos, pending))
-    lines = tuple(complete.split(b"\n")[:-1])
     new_pos = replace(
         new_pos,
         offset=new_read - len(pending),
         output_size=pos.output_size + len(complete),
         counters=_counted(pos.counters, lines, len(complete)),
     )
-    return Step(Reader(new_pos, pending), complete, lines, commit=True)
+    return Step(Reader(new_pos, pending), complete, tuple(lines), commit=True)
+
+
+def _pieces(line: bytes) -> list[bytes]:
+    """``line`` cut every ``MAX_LINE_BYTES``: LOCAL is then the same whatever the chunking."""
+    return [line[i : i + MAX_LINE_BYTES] for i in range(0, len(line), MAX_LINE_BYTES)] or [line]
 
 
 def _checked(reader: Reader, ev: Checked) -> Step:

@@ -8,9 +8,7 @@ until the overall deadline (the old collector stopped after 5 attempts).
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,17 +16,20 @@ from typing import Any, Literal
 
 import asyncssh
 
-from comfyfleet.errors import UsageError
+from comfyfleet.errors import RemotePathError
 from comfyfleet.logstream import checkpoint
 from comfyfleet.logstream.core import Position, Reader, reconnected, resume, session_request, step
-from comfyfleet.logstream.markers import MarkerSet
+from comfyfleet.logstream.markers import LineClassifier, MarkerSet
 from comfyfleet.logstream.remote import (
     ConnectionLost,
+    NotRegularFile,
     ReadSession,
     ReadTuning,
     SshTarget,
     open_connection,
 )
+from comfyfleet.logstream.sink import FileSink, LogSink
+from comfyfleet.names import escape_controls
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,15 @@ class FollowTarget:
 
     ssh: SshTarget
     path: str
-    output: Path
+    output: Path | None = None
     state: Path | None = None
 
     @property
     def state_path(self) -> Path:
         """``--state`` or ``LOCAL.checkpoint``."""
-        return self.state or checkpoint.default_state_path(self.output)
+        if self.state is None and self.output is None:
+            raise ValueError("no output and no state path")
+        return self.state or checkpoint.default_state_path(self.output)  # type: ignore[arg-type]
 
     @property
     def source(self) -> str:
@@ -56,7 +59,8 @@ class FollowOptions:
     """Deadline, markers, remote loop timing and reconnect backoff."""
 
     timeout: float = 3600.0
-    markers: MarkerSet = field(default_factory=MarkerSet)
+    #: which lines end the follow (a MarkerSet, or any LineClassifier, e.g. for JSON events)
+    markers: LineClassifier = field(default_factory=MarkerSet)
     tuning: ReadTuning = field(default_factory=ReadTuning)
     backoff_base: float = 0.25
     backoff_cap: float = 10.0
@@ -96,54 +100,44 @@ LineCallback = Callable[[bytes], None]
 StatusCallback = Callable[[str], None]
 
 
-class _Output:
-    """LOCAL, opened for appending after being cut back to the checkpointed size."""
-
-    def __init__(self, path: Path, size: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        actual = os.fstat(self.fd).st_size
-        if actual < size:
-            os.close(self.fd)
-            raise UsageError(
-                f"{path} is {actual} bytes but its checkpoint says {size}",
-                hint="the output was changed by hand; delete the checkpoint to start over",
-            )
-        os.ftruncate(self.fd, size)
-        os.lseek(self.fd, size, os.SEEK_SET)
-
-    def append(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-
-    def sync(self) -> None:
-        os.fsync(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 async def follow(
     target: FollowTarget,
     options: FollowOptions | None = None,
     *,
     on_line: LineCallback | None = None,
     on_status: StatusCallback | None = None,
+    sink: LogSink | None = None,
+    start: Position | None = None,
 ) -> FollowResult:
-    """Follow ``target.path`` into ``target.output`` until a marker or the deadline."""
+    """Follow ``target.path`` into ``sink`` (default: a :class:`FileSink` on
+    ``target.output``) until a marker or the deadline.
+
+    ``start``: where to begin when the sink has no checkpoint yet (default: offset 0 of
+    whatever file the path names), e.g. the end of a previous run's log.
+    """
     options = options or FollowOptions()
-    position = checkpoint.load(target.state_path, source=target.source) or Position()
-    out = _Output(target.output, position.output_size)
-    run = _Run(target, options, out, position, on_line, on_status or (lambda _msg: None))
+    if sink is None:
+        if target.output is None:
+            raise ValueError("a FollowTarget without output needs a sink")
+        sink = FileSink(target.output, target.state_path)
+    doc = sink.resume()
+    if doc is None:
+        position = start or Position()
+    else:
+        position = checkpoint.position_of(doc, source=target.source, where=_where(target, sink))
+    run = _Run(target, options, sink, position, on_line, on_status or (lambda _msg: None))
     try:
         async with asyncio.timeout(options.timeout):
             return await run.until_marker()
     except TimeoutError:
         return run.result("timeout", run.timeout_message())
     finally:
-        run.commit_now()  # also on cancellation: keep what was delivered
-        out.close()
+        sink.flush()  # also on cancellation: keep what was delivered
+        sink.close()
+
+
+def _where(target: FollowTarget, sink: LogSink) -> str:
+    return str(sink.state) if isinstance(sink, FileSink) else f"of the sink for {target.source}"
 
 
 class _Run:
@@ -153,14 +147,14 @@ class _Run:
         self,
         target: FollowTarget,
         options: FollowOptions,
-        out: _Output,
+        sink: LogSink,
         position: Position,
         on_line: LineCallback | None,
         on_status: StatusCallback,
     ) -> None:
         self.target = target
         self.options = options
-        self.out = out
+        self.sink = sink
         self.reader = resume(position)
         self.on_line = on_line
         self.status = on_status
@@ -168,7 +162,6 @@ class _Run:
         self.connected_before = False
         self.dirty = False
         self.committed_at = 0.0
-        self.commit_lock = threading.Lock()
         self._progressed = False  # whether the last session produced any event
 
     def result(
@@ -186,18 +179,6 @@ class _Run:
             f"{self.options.timeout:g}s"
         )
         return f"{msg} (last connection error: {self.last_error})" if self.last_error else msg
-
-    def commit_now(self) -> None:
-        """fsync LOCAL, then record the position: the exactly-once ordering."""
-        # A cancelled to_thread() call keeps running; the lock keeps two writers of the
-        # temp file apart.
-        with self.commit_lock:
-            if not self.dirty:
-                return
-            position = self.reader.position
-            self.out.sync()
-            checkpoint.save(self.target.state_path, position, source=self.target.source)
-            self.dirty = False
 
     async def until_marker(self) -> FollowResult:
         attempt = 0
@@ -243,6 +224,14 @@ class _Run:
             self._progressed = False
             try:
                 result = await self._drive(session)
+            except NotRegularFile as exc:
+                # Not retried: waiting cannot turn a directory into a log (exit 2).
+                raise RemotePathError(
+                    f"{escape_controls(self.target.path)} on {self.target.ssh.host} is a "
+                    f"{exc.kind}, not a regular file",
+                    hint="--path must name the log file itself, e.g. "
+                    "ROOT/.comfyfleet/provision.log",
+                ) from None
             finally:
                 session.close()
             if result is not None:
@@ -255,8 +244,9 @@ class _Run:
             self._progressed = True
             st = step(self.reader, event)
             self.reader = st.reader
-            if st.append:
-                self.out.append(st.append)
+            if st.append or st.commit:
+                doc = checkpoint.encode(st.reader.position, source=self.target.source)
+                self.sink.append(st.append, doc)
             self.dirty = self.dirty or st.commit
             loop = asyncio.get_running_loop()
             if self.dirty and (
@@ -265,7 +255,8 @@ class _Run:
                 or loop.time() - self.committed_at >= self.options.commit_interval
             ):
                 # fsync blocks: run it off the event loop so other followers keep going.
-                await asyncio.to_thread(self.commit_now)
+                self.dirty = False
+                await asyncio.to_thread(self.sink.flush)
                 self.committed_at = loop.time()
             if st.lines:
                 if self.on_line is not None:
@@ -273,10 +264,10 @@ class _Run:
                         self.on_line(line)
                 hit = self.options.markers.first_match(st.lines)
                 if hit is not None:
-                    self.commit_now()
+                    self.sink.flush()
                     outcome, line = hit
                     verb = "completed" if outcome == "complete" else "reported failure"
                     return self.result(outcome, f"{self.target.path} {verb}: {line}")
-            if st.end_session:
+            if st.end_session and not getattr(event, "continues", False):
                 return None
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 DEFAULT_DONE = ("PROVISIONING COMPLETE", "ComfyUI setup complete")
 DEFAULT_FAIL = ("PROVISIONING FAILED", "FATAL:", "CRITICAL ERROR:")
@@ -14,6 +14,14 @@ DEFAULT_FAIL = ("PROVISIONING FAILED", "FATAL:", "CRITICAL ERROR:")
 _PREFIX = re.compile(r"^\s*(?:\[[^\]\n]*\]\s*)?(?:[^\x00-\x7f\w\s]+\s*)?")
 
 Outcome = Literal["complete", "failed"]
+
+
+class LineClassifier(Protocol):
+    """What the follower asks of its markers."""
+
+    def first_match(self, lines: tuple[bytes, ...]) -> tuple[Outcome, str] | None:
+        """The first line among ``lines`` that ends the follow, with its outcome."""
+        ...
 
 
 @dataclass(frozen=True)

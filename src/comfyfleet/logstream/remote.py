@@ -11,8 +11,11 @@ records on stdout:
 ``O dev ino size m h`` opened: identity, size, mode, then the first h (= ``head_len``) bytes
 ``D n`` + n bytes      data at the current offset
 ``V size h`` + h B     re-check after each ``D``: size, then the first h bytes
-``R``                  the path names another file and ours has been idle: drained
-``T size``             the open file shrank below our offset
+``R [1]``              ours is drained and the path names another file, which has data
+                       (or ours has been idle for the rotation wait); with ``1`` an ``O``
+                       of the new file follows in this session, else the session ends
+``N type``             the path exists but is not a regular file (``stat %F``)
+``T size 1``           the open file shrank below our offset; reading goes on from 0
 ``G``                  the expected inode is gone (not at the path, not in its directory)
 ====================  ==================================================================
 
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+from asyncssh.public_key import get_default_public_key_algs
 
 from comfyfleet.errors import HostKeyError
 from comfyfleet.logstream.core import (
@@ -94,6 +98,8 @@ if [ -z "$eino" ]; then
     beat; sleep "$slow"
   done
   w=1
+  # A directory opens fine and then reads as nothing: refuse anything but a regular file.
+  if [ ! -f "$f" ]; then printf 'N %s\n' "$(stat -L -c %F -- "$f")"; exit 0; fi
   exec 3<"$f"
   mode=new
 else
@@ -111,21 +117,40 @@ printf 'O %s %s %s %s %s\n' "$1" "$2" "$3" "$mode" "$hl"; emit 0 "$hl"
 fd=3 idle=0 check=0
 while :; do
   # One stat per poll serves both the re-check of the chunk just sent and what to do next.
-  set -- $(stat -L -c '%d %i %s' /dev/fd/3 "$f")
-  size=$3
+  # The path comes first: once its new file has data, a single sequential writer has
+  # finished with the old one, so the old size read after it is final. A missing path
+  # leaves only the three fields of fd 3.
+  set -- $(stat -L -c '%d %i %s' -- "$f" /dev/fd/3)
+  if [ $# -ge 6 ]; then pid="$1 $2" psize=$3 size=$6 fid="$4 $5"
+  else pid= psize=0 size=$3 fid="$1 $2"; fi
   if [ "$check" = 1 ]; then
     head_len; printf 'V %s %s\n' "$size" "$h"; emit 0 "$h"; check=0
   fi
-  if [ "$size" -lt "$off" ]; then printf 'T %s\n' "$size"; exit 0; fi
+  if [ "$size" -lt "$off" ]; then
+    # Same inode, new content: go on from 0 in this session (a new one costs a channel,
+    # a shell and a few processes, which is most of a rotation's delay).
+    printf 'T %s 1\n' "$size"; off=0 check=0 idle=0 w=1 nap=$poll
+    continue
+  fi
   if [ "$size" -gt "$off" ]; then
     n=$((size - off)); [ "$n" -gt "$max" ] && n=$max
     printf 'D %s\n' "$n"; emit "$off" "$n"
     off=$((off + n)) check=1 idle=0 w=1 nap=$poll
     continue
   fi
-  if [ "$4 $5" != "$1 $2" ] && [ "$idle" -ge "$rw" ]; then
+  # Drained (size = off here). The path names another file: switch at once when that file
+  # has data; while it is absent or empty the old one may still get late lines, so wait
+  # for $rw quiet polls (logrotate's `create` makes the new file before the daemon reopens).
+  if [ "$pid" != "$fid" ] && { [ "$psize" -gt 0 ] || [ "$idle" -ge "$rw" ]; }; then
     ticks=$hbn; beat  # a last re-check: a same-size rewrite must not pass for drained
-    printf 'R\n'; exit 0
+    if [ ! -f "$f" ]; then printf 'R\n'; exit 0; fi  # absent: the next session waits
+    # Switch in this session: open whatever the path names now and say what it is.
+    printf 'R 1\n'
+    exec 3<"$f"
+    set -- $(stat -L -c '%d %i %s' /dev/fd/3)
+    printf 'O %s %s %s new 0\n' "$1" "$2" "$3"
+    off=0 check=0 idle=0 w=1 nap=$poll
+    continue
   fi
   idle=$((idle + w))
   [ "$idle" -ge "$hbn" ] && w=$sw nap=$slow
@@ -145,6 +170,9 @@ class SshTarget:
     key: Path | None = None
     known_hosts: Path | None = None
     accept_new_host_key: bool = False
+    #: the one key to accept ("ssh-ed25519 AAAA…"), pinned by the caller (the fleet pins
+    #: per instance id); the known-hosts file is then neither read nor written
+    host_key: str | None = None
 
     @property
     def known_hosts_path(self) -> Path:
@@ -179,6 +207,14 @@ class ConnectionLost(Exception):
     """The connection or the remote reader failed in a way a reconnect may fix."""
 
 
+class NotRegularFile(Exception):
+    """The path exists but is not a regular file; ``kind`` is what ``stat`` calls it."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
 class _SessionEnded(Exception):
     """The remote reader's output ended inside a record."""
 
@@ -205,10 +241,18 @@ def remote_command(path: str, req: SessionRequest, tuning: ReadTuning) -> str:
     return f"exec timeout {tuning.session_seconds} {inner}"
 
 
-def _known_hosts_line(target: SshTarget, key: asyncssh.SSHKey) -> str:
+def _known_hosts_name(target: SshTarget) -> str:
+    return target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+
+
+def public_key_line(key: asyncssh.SSHKey) -> str:
+    """``"ssh-ed25519 AAAA…"``: a host key as :attr:`SshTarget.host_key` takes it."""
     kind, blob = key.export_public_key("openssh").decode().split()[:2]
-    name = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
-    return f"{name} {kind} {blob}\n"
+    return f"{kind} {blob}"
+
+
+def _known_hosts_line(target: SshTarget, key: asyncssh.SSHKey) -> str:
+    return f"{_known_hosts_name(target)} {public_key_line(key)}\n"
 
 
 class _PinningClient(asyncssh.SSHClient):
@@ -228,17 +272,26 @@ class _PinningClient(asyncssh.SSHClient):
 
 
 async def open_connection(
-    target: SshTarget, *, connect_timeout: float = 10.0
+    target: SshTarget, *, connect_timeout: float = 10.0, first_contact: bool = False
 ) -> asyncssh.SSHClientConnection:
-    """Connect with keepalive and host-key checks; HostKeyError when the key is refused."""
+    """Connect with keepalive and host-key checks; HostKeyError when the key is refused.
+
+    ``first_contact``: accept whatever key the host shows and record it nowhere (the caller
+    reads ``conn.get_server_host_key()`` and pins it), for a machine created moments ago.
+    """
     kh_path = target.known_hosts_path
-    try:
-        text = kh_path.read_text()
-    except FileNotFoundError:
-        text = ""
+    if target.host_key is not None:
+        text = f"{_known_hosts_name(target)} {target.host_key.strip()}\n"
+    else:
+        try:
+            text = "" if first_contact else kh_path.read_text()
+        except FileNotFoundError:
+            text = ""
     known = asyncssh.import_known_hosts(text)
-    has_entry = any(known.match(target.host, "", target.port)[:3])
-    client = _PinningClient(may_pin=target.accept_new_host_key and not has_entry)
+    trusted, cas, revoked = known.match(target.host, "", target.port)[:3]
+    has_entry = bool(trusted or cas or revoked)
+    may_pin = (first_contact or target.accept_new_host_key) and not has_entry
+    client = _PinningClient(may_pin=may_pin)
     options: dict = {}
     if target.key is not None:
         options["client_keys"] = [str(target.key)]
@@ -251,6 +304,7 @@ async def open_connection(
                 target.port,
                 username=target.user,
                 known_hosts=known,
+                server_host_key_algs=_host_key_algs(trusted),
                 keepalive_interval=KEEPALIVE_INTERVAL,
                 keepalive_count_max=KEEPALIVE_COUNT_MAX,
                 login_timeout=connect_timeout,
@@ -262,15 +316,39 @@ async def open_connection(
         raise _host_key_error(target, has_entry) from exc
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         raise ConnectionLost(_describe(exc)) from exc
-    if client.pinned is not None:
+    if client.pinned is not None and not first_contact:
         kh_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with kh_path.open("a") as fh:
             fh.write(_known_hosts_line(target, client.pinned))
     return conn
 
 
+def _host_key_algs(trusted: list[asyncssh.SSHKey]) -> list[str] | str:
+    """The pinned keys' algorithms first, then every other default one.
+
+    asyncssh offers only the pinned keys' algorithms by default, so a server whose key is of
+    another type fails the key exchange, which looks like a network error and is retried
+    until the deadline. Offered last, the other types let that server show its key, and the
+    key check refuses it at once, as it refuses a changed key of the same type. A server
+    that has a key of the pinned type still picks it: the client's order decides.
+    """
+    if not trusted:
+        return "default"
+    first: list[bytes] = []
+    for key in trusted:
+        first += [a for a in key.sig_algorithms if a not in first]
+    rest = [a for a in get_default_public_key_algs() if a not in first]
+    return [a.decode() for a in first + rest]
+
+
 def _host_key_error(target: SshTarget, has_entry: bool) -> HostKeyError:
-    where = str(target.known_hosts_path)
+    where = "the pinned key" if target.host_key else str(target.known_hosts_path)
+    if target.host_key:
+        return HostKeyError(
+            f"the host key of {target.host}:{target.port} does not match the key pinned for "
+            "this machine; refusing to connect",
+            hint="a reused address now reaches another machine, or the machine was rebuilt",
+        )
     if has_entry:
         return HostKeyError(
             f"the host key of {target.host}:{target.port} does not match the one in {where}; "
@@ -386,11 +464,13 @@ class ReadSession:
                     raise ValueError("missing V record")
                 return Chunk(data, int(check[1]), await self._bytes(int(check[2])))
             if kind == b"R":
-                return Rotated()
+                return Rotated(parts[1:] == [b"1"])
             if kind == b"T":
-                return Truncated(int(parts[1]))
+                return Truncated(int(parts[1]), parts[2:] == [b"1"])
             if kind == b"G":
                 return Gone()
+            if kind == b"N":
+                raise NotRegularFile(b" ".join(parts[1:]).decode("utf-8", "replace") or "?")
         except (IndexError, ValueError) as exc:
             raise ConnectionLost(f"garbled record from the remote reader: {exc}") from exc
         raise ConnectionLost(f"unknown record from the remote reader: {parts[:1]!r}")

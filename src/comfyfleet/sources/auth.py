@@ -1,4 +1,4 @@
-"""Tokens from the environment, and the one rule for sending them.
+"""Tokens (environment, or given in memory: credentials.py), and the one rule for sending them.
 
 A token goes only to the host it belongs to: ``HF_TOKEN`` to the hub, ``CIVITAI_TOKEN``
 (or ``CIVITAI_API_TOKEN``) to Civitai — never to a CDN a redirect points at (presigned R2/B2
@@ -12,9 +12,9 @@ plain-http URL on the public hubs is upgraded to https first, see
 from __future__ import annotations
 
 import ipaddress
-import os
 from urllib.parse import urlsplit
 
+from comfyfleet import credentials
 from comfyfleet.sources.base import USER_AGENT
 from comfyfleet.sources.endpoints import (
     civitai_endpoint,
@@ -28,12 +28,12 @@ from comfyfleet.sources.endpoints import (
 
 def hf_token() -> str | None:
     """``HF_TOKEN`` (or the older ``HUGGING_FACE_HUB_TOKEN``), when set."""
-    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+    return credentials.get("HF_TOKEN") or credentials.get("HUGGING_FACE_HUB_TOKEN")
 
 
 def civitai_token() -> str | None:
     """``CIVITAI_TOKEN`` (or ``CIVITAI_API_TOKEN``), when set."""
-    return os.environ.get("CIVITAI_TOKEN") or os.environ.get("CIVITAI_API_TOKEN") or None
+    return credentials.get("CIVITAI_TOKEN") or credentials.get("CIVITAI_API_TOKEN")
 
 
 def _token_owner(url: str) -> str | None:
