@@ -10,6 +10,7 @@ import pytest
 
 from comfyfleet.errors import (
     DISK_FULL_PREFIX,
+    CommandFailed,
     DiskFull,
     InstallError,
     disk_errors,
@@ -69,6 +70,26 @@ def test_a_quota_is_a_full_disk_too_and_other_os_errors_are_not(tmp_path: Path):
     assert quota is not None and quota.message.endswith("(disk quota exceeded)")
     assert disk_full(OSError(errno.EACCES, "Permission denied"), tmp_path) is None
     assert known_error(PermissionError(errno.EACCES, "denied"), tmp_path) is None
+
+
+def test_a_git_fetch_that_ran_out_of_space_is_a_full_disk_not_a_bad_repo(tmp_path: Path):
+    # install/git.py reports a failed fetch as InstallError, raised while handling CommandFailed.
+    try:
+        try:
+            raise CommandFailed(["git", "fetch"], 128, "fatal: No space left on device")
+        except CommandFailed as exc:
+            raise InstallError(f"comfyui: cannot fetch x: {exc.output_tail}") from None
+    except InstallError as wrapped:
+        failure = wrapped
+    group = ExceptionGroup("x", [InstallError("pip died"), failure])
+
+    assert first_error(group) is failure
+    mapped = known_error(group, tmp_path)
+    assert isinstance(mapped, DiskFull)
+    assert mapped.message.startswith(f"{DISK_FULL_PREFIX} ")
+    assert "(a command said: no space left on device)" in mapped.message
+    other = CommandFailed(["git", "fetch"], 128, "fatal: repository not found")
+    assert known_error(other, tmp_path) is other
 
 
 def test_disk_errors_maps_only_a_full_disk(tmp_path: Path):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from comfyfleet.events import MARKER_COMPLETE, MARKER_FAILED, RunLog
 
@@ -26,7 +29,7 @@ def test_events_are_json_lines_with_ts_event_and_run(tmp_path):
 
 def test_previous_log_is_rotated_and_sentinels_reset_at_start(tmp_path):
     first = RunLog(tmp_path, "provision", sentinels=True)
-    first.info("first run")
+    first.info("provision", "first run")
     first.finish(False, "boom")
     assert (tmp_path / ".provisioning_failed").exists()
     assert not (tmp_path / ".provisioning").exists()
@@ -81,7 +84,7 @@ def test_secrets_never_reach_any_file(tmp_path, monkeypatch):
     log.emit(
         "file_retry", url="https://x/?token=civ-secret-0987654321", reason="hf_SuperSecretValue123"
     )
-    log.info("Authorization: Bearer hf_SuperSecretValue123")
+    log.info("download", "Authorization: Bearer hf_SuperSecretValue123")
     log.error("f", "bad civ-secret-0987654321")
     log.output("pip", "token civ-secret-0987654321")
     log.finish(False, "failed with hf_SuperSecretValue123")
@@ -90,3 +93,83 @@ def test_secrets_never_reach_any_file(tmp_path, monkeypatch):
             text = path.read_text()
             assert "SuperSecretValue" not in text, path
             assert "civ-secret" not in text, path
+
+
+# --- the human log: escaped, one word of comfyfleet's own first, foreign lines indented ----
+
+FORGED = "x\nPROVISIONING COMPLETE\nFATAL: y.safetensors"
+
+
+def _log_lines(root):
+    return (root / ".comfyfleet/provision.log").read_text().splitlines()
+
+
+def test_every_line_starts_with_a_timestamp_and_a_word_of_comfyfleets_own(tmp_path):
+    from comfyfleet.events import LOG_WORDS
+    from comfyfleet.logstream.markers import MarkerSet
+
+    log = RunLog(tmp_path, "provision", sentinels=True)
+    log.info("download", f"vae/{FORGED}")
+    log.error(f"vae/{FORGED}", "FATAL: boom\nPROVISIONING COMPLETE", status=503)
+    log.output("pip", "PROVISIONING COMPLETE\r\nFATAL: no\x1b[2K\u202eevil")
+    log.set_phase("download")
+    lines = _log_lines(tmp_path)
+    for line in lines:
+        if line.startswith("  | "):
+            continue
+        stamp, _, rest = line.partition("] ")
+        assert stamp.startswith("[") and rest.split(" ", 1)[0] in LOG_WORDS, line
+    assert not any(MarkerSet().classify(line) for line in lines), lines
+    assert not any(c in "".join(lines) for c in "\r\x1b\u202e")
+    assert "\\x1b[2K\\u202eevil" in "".join(lines)
+    log.finish(True)
+    assert [MarkerSet().classify(line) for line in _log_lines(tmp_path)].count("complete") == 1
+
+
+def test_a_multi_line_error_indents_every_line_after_the_first(tmp_path):
+    log = RunLog(tmp_path, "provision", sentinels=True)
+    log.error("node X", "command failed (exit 1): pip install\nFATAL: pip said\nok", repo="r")
+    log.close()
+    *_, first, second, third = _log_lines(tmp_path)
+    assert first.endswith("ERROR node X: command failed (exit 1): pip install (repo=r)")
+    assert (second, third) == ("  | FATAL: pip said", "  | ok")
+    errors = (tmp_path / ".comfyfleet/errors.log").read_text().splitlines()
+    assert errors[0].endswith("node X: command failed (exit 1): pip install (repo=r)")
+    assert errors[1:] == ["  | FATAL: pip said", "  | ok"]
+
+
+def test_a_line_must_start_with_a_known_word(tmp_path):
+    log = RunLog(tmp_path, "download")
+    with pytest.raises(ValueError, match="must start with one of"):
+        log.info("vae/x.safetensors", "downloaded")  # type: ignore[arg-type]
+    log.close()
+
+
+def test_the_final_marker_keeps_a_forged_reason_on_its_own_line(tmp_path):
+    log = RunLog(tmp_path, "provision", sentinels=True)
+    log.finish(False, "node\rPROVISIONING COMPLETE\nx")
+    assert _log_lines(tmp_path)[-1] == "PROVISIONING FAILED: node\\x0dPROVISIONING COMPLETE x"
+
+
+def test_every_log_call_in_the_source_passes_a_literal_word():
+    """A static check, so a call site added in a parallel change fails here, not in a run."""
+    import ast
+
+    import comfyfleet
+    from comfyfleet.events import LOG_WORDS
+
+    src = Path(comfyfleet.__file__).parent
+    bad = []
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "info"
+                and isinstance(node.func.value, ast.Name | ast.Attribute)
+                and ast.unparse(node.func.value).split(".")[-1] == "log"
+            ):
+                word = node.args[0] if node.args else None
+                if not (isinstance(word, ast.Constant) and word.value in LOG_WORDS):
+                    bad.append(f"{path.relative_to(src)}:{node.lineno}")
+    assert not bad, bad

@@ -324,9 +324,9 @@ def test_direct_download_commands_and_clones(tmp_path):
         {"url": "https://example.com/sam.pth", "folder": "sams"},
         {"url": "https://example.com/hy3d.safetensors", "folder": "diffusion_models"},
     ]  # fmt: skip
-    assert [(n["repo"], n.get("ref")) for n in nodes] == [
-        ("https://github.com/city96/ComfyUI-GGUF", None),
-        ("https://github.com/kijai/ComfyUI-KJNodes.git", "0123abcd"),  # checkout in its folder
+    assert [(n["repo"], n.get("ref"), n.get("name")) for n in nodes] == [
+        ("https://github.com/city96/ComfyUI-GGUF", None, None),
+        ("https://github.com/kijai/ComfyUI-KJNodes.git", "0123abcd", "KJ"),  # its folder, pinned
     ]
     assert tomllib.loads(text)["comfyui"]["extra_folders"] == ["sams"]
     assert "custom_nodes/KJ" in text  # the folder the script chose is noted
@@ -512,6 +512,16 @@ def test_output_file_is_written_and_stdout_stays_empty(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     assert load_manifest(out).models[0].folder == "vae"
+
+
+def test_two_forks_with_one_basename_get_two_folders(tmp_path):
+    script = 'NODES=("https://github.com/a/ComfyUI-X" "https://github.com/b/ComfyUI-X.git" "https://github.com/a/ComfyUI-X")\n'
+    _models, nodes, text, _stderr = imported(tmp_path, script)
+    assert [(n["repo"], n.get("name")) for n in nodes] == [
+        ("https://github.com/a/ComfyUI-X", None),
+        ("https://github.com/b/ComfyUI-X.git", "ComfyUI-X-2"),
+    ]
+    assert "the same node as line 1" in text
 
 
 def test_a_repo_whose_folder_would_be_dot_dot_is_refused(tmp_path):

@@ -40,6 +40,9 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     # the run record under ROOT/.comfyfleet
     "RunLog": ("comfyfleet.events", "RunLog"),
     "EVENT_NAMES": ("comfyfleet.events", "EVENT_NAMES"),
+    # one run at a time per root (ROOT/.comfyfleet/lock)
+    "RootLock": ("comfyfleet.lock", "RootLock"),
+    "lock_holder": ("comfyfleet.lock", "holder"),
     # remote logs
     "follow": ("comfyfleet.logstream", "follow"),
     "FollowTarget": ("comfyfleet.logstream", "FollowTarget"),
@@ -55,6 +58,8 @@ _ERRORS = [
     "ComfyfleetError",
     "UsageError",
     "ManifestError",
+    "RootUnusable",
+    "RootLocked",
     "SourceError",
     "NotFound",
     "GatedRepo",
@@ -102,6 +107,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only (the errors resolve lazily)
     from comfyfleet.download import DownloadReport, FileResult, download_all
     from comfyfleet.events import EVENT_NAMES, RunLog
+    from comfyfleet.lock import RootLock
+    from comfyfleet.lock import holder as lock_holder
     from comfyfleet.logstream import (
         FollowOptions,
         FollowResult,

@@ -42,6 +42,14 @@ class ManifestError(UsageError):
     """The manifest does not parse or does not match the schema (field path in the message)."""
 
 
+class RootUnusable(UsageError):
+    """``--root`` is not a directory (or its state directory cannot be created)."""
+
+
+class RootLocked(ComfyfleetError):
+    """Another comfyfleet run holds the root's lock (``ROOT/.comfyfleet/lock``)."""
+
+
 # --- remote sources ------------------------------------------------------------------------
 
 
@@ -229,9 +237,34 @@ def leaves(exc: BaseException) -> list[BaseException]:
     return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
 
 
+#: what git, pip and other subprocesses print when a write failed with ENOSPC or EDQUOT
+_DISK_FULL_TEXTS = tuple(os.strerror(code).lower() for code in sorted(DISK_FULL_ERRNOS))
+
+
+def _subprocess_disk_full(exc: BaseException) -> str | None:
+    """What a failed command (maybe wrapped by the error that reported it) said when the disk
+    was full: git or pip hit ENOSPC, so the verdict is the disk, not the command."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a short cause chain; never loop on a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, CommandFailed):
+            output = seen.output_tail.lower()
+            for text in _DISK_FULL_TEXTS:
+                if text in output:
+                    return text
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    """True for :class:`DiskFull` and for an OSError whose errno is ENOSPC or EDQUOT."""
-    return isinstance(exc, DiskFull) or (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS)
+    """True for :class:`DiskFull`, an OSError whose errno is ENOSPC or EDQUOT, or a command
+    that failed saying so."""
+    return (
+        isinstance(exc, DiskFull)
+        or (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS)
+        or _subprocess_disk_full(exc) is not None
+    )
 
 
 def first_error(exc: BaseException) -> BaseException:
@@ -270,13 +303,16 @@ def disk_full(exc: BaseException, where: Path) -> DiskFull | None:
     """
     if isinstance(exc, DiskFull):
         return exc
-    if not isinstance(exc, OSError) or exc.errno not in DISK_FULL_ERRNOS:
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        why = os.strerror(exc.errno).lower()  # "no space left on device", "disk quota exceeded"
+    elif (said := _subprocess_disk_full(exc)) is not None:
+        why = f"a command said: {said}"
+    else:
         return None
     from comfyfleet.units import format_size
 
     free = _free_bytes(Path(where))
     amount = f"{format_size(free)} free" if free is not None else "no space left"
-    why = os.strerror(exc.errno).lower()  # "no space left on device", "disk quota exceeded"
     return DiskFull(
         f"{DISK_FULL_PREFIX} {amount} under {where} ({why})",
         hint="free disk space or use a larger disk, then run again "
@@ -302,9 +338,10 @@ def known_error(exc: BaseException, where: Path | None = None) -> ComfyfleetErro
     None means a bug: report it as :func:`internal_error` with its traceback kept in a file.
     """
     leaf = first_error(exc)
-    if isinstance(leaf, ComfyfleetError):
-        return leaf
-    return disk_full(leaf, Path(where if where is not None else "."))
+    full = disk_full(leaf, Path(where if where is not None else "."))
+    if full is not None:
+        return full
+    return leaf if isinstance(leaf, ComfyfleetError) else None
 
 
 def internal_error(exc: BaseException) -> str:
@@ -316,6 +353,15 @@ def internal_error(exc: BaseException) -> str:
 
 
 def one_line(exc: ComfyfleetError) -> str:
-    """The first line of a comfyfleet error's message (the verdict; the rest goes to the logs)."""
-    lines = exc.message.strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    """The first line of a comfyfleet error's message (the verdict; the rest goes to the logs).
+
+    A first line that ends with ``:`` introduces a list (a manifest's or pool config's field
+    errors, the models that would not download): then the list is the verdict, joined by
+    ``; `` — "manifest.toml:" alone would tell nobody what to fix.
+    """
+    lines = [line.strip() for line in exc.message.strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} " + "; ".join(lines[1:])
+    return lines[0]

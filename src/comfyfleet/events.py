@@ -17,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from comfyfleet.errors import DiskFull, disk_errors
+from comfyfleet.lock import STATE_DIR, RootLock
+from comfyfleet.names import escape_controls
 from comfyfleet.redact import redact_text
 from comfyfleet.reserve import SpaceReserve
 
-STATE_DIR = ".comfyfleet"
 SENTINEL_RUNNING = ".provisioning"
 SENTINEL_COMPLETE = ".provisioning_complete"
 SENTINEL_FAILED = ".provisioning_failed"
@@ -42,6 +43,18 @@ EVENT_NAMES = frozenset(
 
 Listener = Callable[[dict[str, Any]], None]
 
+#: The words a ``provision.log`` line may start with (after its timestamp). A line always opens
+#: with one of comfyfleet's own words, never with a value a user or a server chose (a folder,
+#: a filename, a node name), so only comfyfleet can write a line that starts with a marker.
+LogWord = Literal[
+    "provision", "download", "downloads", "verified", "skip", "mirror", "node", "comfyui",
+    "environment", "workflow", "check", "phase", "WARNING", "ERROR",
+]  # fmt: skip
+LOG_WORDS: frozenset[str] = frozenset(LogWord.__args__)  # type: ignore[attr-defined]
+#: how a line of text comfyfleet did not write itself (subprocess output, a server's message,
+#: the continuation lines of a multi-line message) is indented in provision.log and errors.log
+FOREIGN_INDENT = "  | "
+
 
 def now_iso() -> str:
     """The current UTC time as ISO-8601 with milliseconds."""
@@ -58,6 +71,16 @@ def _clean(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def _lines(text: str) -> list[str]:
+    """``text`` redacted and split at line ends, each line with its control characters escaped.
+
+    Only ``\\n`` (and ``\\r\\n``) end a line; any other control character (``\\r``, ESC,
+    a Unicode line separator) is shown escaped, so one value can never start a second line.
+    """
+    lines = redact_text(text).removesuffix("\n").split("\n")
+    return [escape_controls(line.removesuffix("\r")) for line in lines]
 
 
 def write_atomic(path: Path, data: str | bytes, *, fsync: bool = True) -> None:
@@ -129,7 +152,16 @@ class RunLog:
         self._status_written = 0.0
         self._started = time.monotonic()
         self._closed = False
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # The lock first: a run refused because another holds ROOT changes no file.
+        self._lock = RootLock(self.root, command)
+        self._lock.acquire()
+        try:
+            self._open(sentinels)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, sentinels: bool) -> None:
         self._reserve = SpaceReserve(self.dir / "reserve")
         self._reserve.hold()
         log = self.dir / "provision.log"
@@ -162,31 +194,43 @@ class RunLog:
             listener(record)
         return record
 
-    def info(self, message: str) -> None:
-        """Write a human line to ``provision.log`` (``[timestamp] message``)."""
-        if not self._closed:
-            for line in redact_text(message).splitlines() or [""]:
-                self._log.write(f"[{now_iso()}] {line}\n")
+    def info(self, word: LogWord, message: str = "") -> None:
+        """Write ``[timestamp] WORD message`` to ``provision.log``.
+
+        ``word`` is one of :data:`LOG_WORDS`; the lines after the first of a multi-line
+        message are foreign text (an output tail, a server's answer) and go in indented.
+        """
+        if word not in LOG_WORDS:
+            raise ValueError(f"a provision.log line must start with one of {sorted(LOG_WORDS)}")
+        self._write(self._log, f"[{now_iso()}] {word}", message)
 
     def output(self, source: str, text: str) -> None:
         """Write a subprocess's output to ``provision.log``, indented so it can't fake a marker."""
-        if not self._closed:
-            for line in redact_text(text).splitlines():
-                self._log.write(f"  | {source}: {line}\n")
+        for line in text.removesuffix("\n").split("\n") if text else []:
+            self._write(self._log, FOREIGN_INDENT.rstrip(), f"{source}: {line}")
 
     def error(self, what: str, reason: str, **context: Any) -> None:
         """Record a failure in ``errors.log`` (kept across runs) and ``provision.log``."""
         ctx = " ".join(f"{k}={_clean(v)}" for k, v in context.items() if v is not None)
-        line = redact_text(f"{what}: {reason}" + (f" ({ctx})" if ctx else ""))
-        if not self._closed:
-            self._errors.write(f"[{now_iso()}] run={self.run_id} {line}\n")
-        self.info(f"ERROR {line}")
+        first, _, rest = f"{what}: {reason}".partition("\n")
+        message = first + (f" ({ctx})" if ctx else "") + (f"\n{rest}" if rest else "")
+        self._write(self._errors, f"[{now_iso()}] run={self.run_id}", message)
+        self.info("ERROR", message)
+
+    def _write(self, fh: Any, head: str, message: str) -> None:
+        """The one place human lines are written: redacted, escaped, foreign lines indented."""
+        if self._closed:
+            return
+        first, *rest = _lines(message) or [""]
+        out = [f"{head} {first}".rstrip(" ")]
+        out += [f"{FOREIGN_INDENT}{line}" for line in rest]
+        fh.write("\n".join(out) + "\n")
 
     def set_phase(self, phase: str) -> None:
         """Enter a phase: event, log line and status."""
         self.status.phase = phase
         self.emit("phase_started", phase=phase)
-        self.info(f"phase: {phase}")
+        self.info("phase", phase)
         self.write_status(force=True)
 
     def write_status(self, *, force: bool = False) -> None:
@@ -227,7 +271,7 @@ class RunLog:
             # The marker is a line of its own, without timestamp, so followers match it exactly.
             summary = MARKER_COMPLETE if ok else f"{MARKER_FAILED}: {reason}"
             with contextlib.suppress(*_WRITE_ERRORS):
-                self._log.write(summary.replace("\n", " ") + "\n")
+                self._log.write(escape_controls(summary.replace("\n", " ")) + "\n")
                 self._log.flush()
             name = SENTINEL_COMPLETE if ok else SENTINEL_FAILED
             with contextlib.suppress(OSError):
@@ -243,6 +287,7 @@ class RunLog:
         self._closed = True
         for fh in (self._events, self._log, self._errors):
             fh.close()
+        self._lock.release()
 
     def __enter__(self) -> RunLog:
         return self

@@ -8,12 +8,15 @@ Loaded from TOML or YAML with :func:`load_manifest`. Every problem is a
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
+import yarl
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -25,7 +28,8 @@ from pydantic import (
 )
 
 from comfyfleet.errors import ManifestError
-from comfyfleet.names import plain_subpath
+from comfyfleet.names import UnsafeName, escape_controls, plain_filename, plain_name, plain_subpath
+from comfyfleet.redact import redact_text, redact_url
 from comfyfleet.units import parse_duration, parse_size
 
 #: ComfyUI's core model folder keys (folder_paths.py; reference/provisioning_anchors.md §3.1)
@@ -53,6 +57,9 @@ DEFAULT_COMFYUI_REPO = "https://github.com/comfyanonymous/ComfyUI.git"
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 #: a Comfy Registry node id (``comfyui-impact-pack``, ``ComfyUI-GGUF``)
 REGISTRY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_CONTROL_OR_SPACE = re.compile(
+    r"[\x00-\x20\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
 
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
@@ -64,15 +71,66 @@ def canonical_folder(folder: str) -> str:
 
 
 def check_filename(name: str) -> str:
-    """Return ``name`` if it is a plain file name; raise ValueError on separators or ``..``."""
-    if not name or name in {".", ".."} or "/" in name or "\\" in name or ".." in name:
+    """Return ``name`` if it is a plain file name (:func:`~comfyfleet.names.plain_name`)."""
+    try:
+        return plain_filename(name)
+    except UnsafeName as exc:
+        raise UnsafeName(
+            f"{exc} (models land directly in their folder; use subfolder for a directory)"
+        ) from None
+
+
+def _plain(value: str, what: str) -> str:
+    """:func:`plain_name` with a fix in the message (pydantic adds the field path)."""
+    try:
+        return plain_name(value, what=what)
+    except UnsafeName as exc:
+        raise ValueError(f"{exc}: a {what} is one plain name, e.g. 'ipadapter'") from None
+
+
+def _no_controls(value: str, what: str) -> str:
+    """``value`` if it holds no control, bidi or line-separator character."""
+    if value != escape_controls(value):
+        raise ValueError(f"{what} {_shown_url(value)!r} contains a control character")
+    return value
+
+
+def _option_safe(value: str, what: str) -> str:
+    """``value`` if git cannot read it as an option (``--upload-pack=…``) and it is printable."""
+    _no_controls(value, what)
+    if value.startswith("-"):
+        raise ValueError(f"{what} {_shown_url(value)!r} must not start with '-'")
+    return value
+
+
+def _shown_url(url: str) -> str:
+    """A value that may be a URL, fit for an error message: userinfo and any query or
+    fragment (where credentials live) replaced by ``***``, control characters escaped."""
+    head, sep, _ = url.partition("?")
+    head, hsep, _ = head.partition("#")
+    head = re.sub(r"(?<=//)[^/]*@", "***@", head)
+    return escape_controls(redact_text(head + ("?***" if sep or hsep else "")))
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is an absolute http(s) URL that parses (host, port); else ValueError.
+
+    The message shows the URL redacted: a token in a query or userinfo never reaches output.
+    """
+    shown = _shown_url(url) if isinstance(url, str) else repr(url)
+    if not isinstance(url, str) or _CONTROL_OR_SPACE.search(url):
         raise ValueError(
-            f"filename {name!r} must be a plain file name without '/', '\\' or '..' "
-            "(models always land directly in their folder)"
+            f"{shown!r} is not a valid URL (white space or a control character: percent-encode it)"
         )
-    if "\x00" in name:
-        raise ValueError("filename contains a NUL byte")
-    return name
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 — raises ValueError on a bad port
+        parsed = yarl.URL(url)  # what aiohttp will parse
+    except ValueError as exc:
+        raise ValueError(f"{shown!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname or not parsed.host:
+        raise ValueError(f"{shown!r} is not an http(s) URL with a host")
+    return url
 
 
 def suggest(word: str, choices: list[str] | frozenset[str]) -> str:
@@ -99,20 +157,60 @@ class ComfyUISettings(_Strict):
     @field_validator("path")
     @classmethod
     def _relative_path(cls, v: str) -> str:
-        p = PurePosixPath(v)
-        if not v or p.is_absolute() or ".." in p.parts:
+        try:
+            plain_subpath(v, what="path")
+        except UnsafeName as exc:
+            raise ValueError(
+                f"must be a relative path of plain names inside --root, e.g. 'ComfyUI' ({exc})"
+            ) from None
+        if not v:
             raise ValueError("must be a relative path inside --root, e.g. 'ComfyUI'")
+        return v
+
+    @field_validator("repo", "ref")
+    @classmethod
+    def _git_safe(cls, v: str, info: Any) -> str:
+        return _option_safe(v, info.field_name)
+
+    @field_validator("python")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        return _no_controls(v, "python")
+
+    @field_validator("extra_folders")
+    @classmethod
+    def _plain_folders(cls, v: list[str]) -> list[str]:
+        for i, folder in enumerate(v):
+            try:
+                plain_name(folder, what="folder")
+            except UnsafeName as exc:
+                raise _FieldError(
+                    ("comfyui", "extra_folders", i),
+                    f"{exc}: a folder key is one plain name, e.g. 'ipadapter'",
+                ) from None
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _startable(cls, v: list[str]) -> list[str]:
+        for i, arg in enumerate(v):
+            _no_controls(arg, f"args[{i}]")
+        for flag in ("--port", "--listen"):
+            for i, arg in enumerate(v):
+                if arg == flag and (i + 1 == len(v) or v[i + 1].startswith("--")):
+                    raise ValueError(f"{flag} needs a value, e.g. [..., {flag!r}, 'VALUE']")
+        port = _port_arg(v)
+        if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(
+                f"--port {port!r} is not a port number (1-65535), e.g. ['--port', '8188']"
+            )
         return v
 
     @property
     def port(self) -> int:
         """The port ComfyUI listens on, from ``--port`` in ``args`` (ComfyUI's default 8188)."""
-        for i, arg in enumerate(self.args):
-            if arg == "--port" and i + 1 < len(self.args):
-                return int(self.args[i + 1])
-            if arg.startswith("--port="):
-                return int(arg.split("=", 1)[1])
-        return 8188
+        port = _port_arg(self.args)
+        return 8188 if port is None else int(port)
 
     @property
     def listen(self) -> str:
@@ -144,6 +242,11 @@ class DownloadSettings(_Strict):
     @classmethod
     def _positive_caps(cls, v: dict[str, int]) -> dict[str, int]:
         for host, cap in v.items():
+            if not host or _CONTROL_OR_SPACE.search(host) or "/" in host or "@" in host:
+                raise ValueError(
+                    f"per_host key {escape_controls(host)!r} must be a host name, "
+                    "e.g. 'civitai.com'"
+                )
             if cap < 1:
                 raise ValueError(f"per_host[{host!r}] must be at least 1")
         return v
@@ -166,9 +269,13 @@ class ModelEntry(_Strict):
     @classmethod
     def _http_url(cls, v: Any) -> Any:
         for url in [v] if isinstance(v, str) else v:
-            if not re.match(r"^https?://[^/\s]+", url):
-                raise ValueError(f"{url!r} is not an http(s) URL")
+            check_url(url)
         return v
+
+    @field_validator("folder")
+    @classmethod
+    def _plain_folder(cls, v: str) -> str:
+        return _plain(v, "folder")
 
     @field_validator("filename")
     @classmethod
@@ -201,12 +308,14 @@ class ModelEntry(_Strict):
 
 
 class NodeEntry(_Strict):
-    """A custom node repository to install into ``custom_nodes/``."""
+    """A custom node repository to install into ``custom_nodes/<name>``."""
 
     repo: str | None = None
     #: a Comfy Registry id, resolved to ``repo`` by check and provision (when ``repo`` is absent)
     registry_id: str | None = None
     ref: str | None = None
+    #: its folder under ``custom_nodes/``; default: the repo's last path segment without .git
+    name: str = Field("", validate_default=True)
     critical: bool = False
     classes: list[str] = Field(default_factory=list)
 
@@ -220,20 +329,49 @@ class NodeEntry(_Strict):
             )
         return v
 
+    @field_validator("repo", "ref")
+    @classmethod
+    def _git_safe(cls, v: str | None, info: Any) -> str | None:
+        return None if v is None else _option_safe(v, info.field_name)
+
+    @field_validator("classes")
+    @classmethod
+    def _printable_classes(cls, v: list[str]) -> list[str]:
+        for i, name in enumerate(v):
+            if not name:
+                raise ValueError(f"classes[{i}] must not be empty")
+            _no_controls(name, f"classes[{i}]")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _plain_node_name(cls, v: str, info: Any) -> str:
+        if v:
+            return _plain(v, "node name")
+        if "repo" in info.data and info.data["repo"] is None:
+            # no repo: a registry_id node lands in custom_nodes/<registry_id> (a plain name)
+            return info.data.get("registry_id") or v
+        repo = info.data.get("repo")
+        if not isinstance(repo, str):
+            return v  # the repo itself is invalid: that error is reported
+        try:
+            return plain_name(repo_folder_name(repo), what="node name")
+        except UnsafeName as exc:
+            raise ValueError(
+                f"{exc} (the last path segment of repo {_shown_url(repo)!r}); "
+                'set name = "…" to give this node a plain folder name'
+            ) from None
+
     @model_validator(mode="after")
     def _repo_or_registry_id(self) -> NodeEntry:
         if not self.repo and not self.registry_id:
             raise ValueError('needs repo = "<git URL>" or registry_id = "<Comfy Registry id>"')
         return self
 
-    @property
-    def name(self) -> str:
-        """The directory name under ``custom_nodes/`` (the repo's last path segment, else the
-        registry id)."""
-        if not self.repo:
-            return self.registry_id or "node"
-        tail = self.repo.rstrip("/").rsplit("/", 1)[-1]
-        return tail.removesuffix(".git") or "node"
+
+def _node_source(node: NodeEntry) -> str:
+    """A node's repo (redacted) or its registry id, for messages."""
+    return redact_url(node.repo) if node.repo else f"registry_id {node.registry_id!r}"
 
 
 class ValidateSettings(_Strict):
@@ -244,6 +382,19 @@ class ValidateSettings(_Strict):
     require: dict[str, int] = Field(default_factory=dict)
     warn: dict[str, int] = Field(default_factory=dict)
 
+    @field_validator("require", "warn")
+    @classmethod
+    def _plain_folders(cls, v: dict[str, int], info: Any) -> dict[str, int]:
+        for folder in v:
+            try:
+                plain_name(folder, what="folder")
+            except UnsafeName as exc:
+                raise _FieldError(
+                    ("validate", info.field_name, folder),
+                    f"{exc}: a folder key is one plain name, e.g. 'checkpoints'",
+                ) from None
+        return v
+
 
 class WorkflowEntry(_Strict):
     """A workflow JSON to install into ComfyUI's user workflows, with output settings."""
@@ -251,14 +402,24 @@ class WorkflowEntry(_Strict):
     path: str
     set: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
+    @field_validator("path")
+    @classmethod
+    def _printable_path(cls, v: str) -> str:
+        return _no_controls(v, "path")
+
     @field_validator("set")
     @classmethod
     def _class_dot_input(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for key in v:
-            if not re.fullmatch(r"[^.\s]+\.[^.\s]+", key):
+        for key, value in v.items():
+            if not re.fullmatch(r"[^.\s]+\.[^.\s]+", key) or key != escape_controls(key):
                 raise ValueError(
-                    f"key {key!r} must be '<NodeClass>.<input>', e.g. 'SaveImage.filename_prefix'"
+                    f"key {escape_controls(key)!r} must be '<NodeClass>.<input>', "
+                    "e.g. 'SaveImage.filename_prefix'"
                 )
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{key} = {value}: not a finite number (JSON has no {value})")
+            if isinstance(value, str) and "\x00" in value:
+                raise ValueError(f"{key}: the value contains a NUL character")
         return v
 
 
@@ -295,6 +456,16 @@ class Manifest(_Strict):
                         ("validate", section, folder),
                         f"unknown ComfyUI folder {folder!r}{suggest(folder, known)}",
                     )
+        names: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            other = names.setdefault(node.name.casefold(), i)
+            if other != i:
+                raise _FieldError(
+                    ("nodes", i, "name"),
+                    f"custom_nodes/{node.name} is also the folder of nodes[{other}] "
+                    f"({_node_source(self.nodes[other])}); give one of them its own folder "
+                    f'with name = "{node.name}-2" (two forks need two names)',
+                )
         return self
 
     @model_validator(mode="after")
@@ -329,6 +500,30 @@ class Manifest(_Strict):
     def workflow_source(self, entry: WorkflowEntry) -> Path:
         """The workflow file on disk, relative to the manifest's directory."""
         return (self.base_dir / entry.path).resolve()
+
+
+def repo_folder_name(repo: str) -> str:
+    """The last path segment of a git repo (URL, ``user@host:path`` or local path), no ``.git``."""
+    if "://" in repo:
+        try:
+            path = urlsplit(repo).path
+        except ValueError:
+            path = re.split(r"[?#]", repo, maxsplit=1)[0]
+    elif re.match(r"^[^/]+:", repo):  # scp-like syntax: git@github.com:owner/repo.git
+        path = repo.split(":", 1)[1]
+    else:
+        path = repo
+    return path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+
+
+def _port_arg(args: list[str]) -> str | None:
+    """The value of ``--port`` (or ``--port=N``) in ComfyUI's args, None when absent."""
+    for i, arg in enumerate(args):
+        if arg == "--port" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--port="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 class _FieldError(ValueError):
@@ -437,4 +632,18 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ManifestError(f"{name}: invalid TOML: {exc}", hint="fix the syntax") from None
     except yaml.YAMLError as exc:
         raise ManifestError(f"{name}: invalid YAML: {exc}", hint="fix the syntax") from None
-    return parse_manifest(data, source=name, base_dir=path.resolve().parent)
+    except RecursionError:
+        raise _too_deep(name) from None
+    try:
+        return parse_manifest(data, source=name, base_dir=path.resolve().parent)
+    except RecursionError:
+        raise _too_deep(name) from None
+
+
+def _too_deep(name: str) -> ManifestError:
+    # tomllib and PyYAML parse nested arrays/tables recursively: thousands of levels
+    # exhaust the stack. No manifest key nests more than three levels deep.
+    return ManifestError(
+        f"{name}: (top level): nested too deeply to parse",
+        hint="a manifest nests at most a few levels (a table of tables of values)",
+    )

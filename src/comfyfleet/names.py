@@ -15,6 +15,9 @@ import unicodedata
 from pathlib import Path
 
 MAX_NAME_BYTES = 255  # NAME_MAX on Linux filesystems
+#: a model filename leaves room for the engine's ``.part.json`` and temporary-file affixes,
+#: so a long name is refused at the boundary, not by the filesystem halfway through a download
+MAX_FILENAME_BYTES = MAX_NAME_BYTES - 32
 
 # Bidi overrides/isolates and marks: they reorder what a person reads in a log or a listing.
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -36,11 +39,12 @@ def _bad_char(value: str) -> str | None:
     return None
 
 
-def plain_name(value: str, *, what: str = "name") -> str:
+def plain_name(value: str, *, what: str = "name", max_bytes: int = MAX_NAME_BYTES) -> str:
     """Return ``value`` if it is a plain name; raise :class:`UnsafeName` saying why not.
 
     Plain: not empty, not ``.`` or ``..``, no ``/`` or ``\\``, no ``..`` anywhere, no control,
-    bidi or line-separator character, no leading/trailing space, at most 255 UTF-8 bytes.
+    bidi or line-separator character, no leading/trailing space, at most ``max_bytes`` (255)
+    UTF-8 bytes.
     """
     if not isinstance(value, str) or not value:
         raise UnsafeName(f"{what} must not be empty")
@@ -53,9 +57,14 @@ def plain_name(value: str, *, what: str = "name") -> str:
         raise UnsafeName(f"{what} {escape_controls(value)!r} contains {bad}")
     if value != value.strip():
         raise UnsafeName(f"{what} {value!r} must not start or end with white space")
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise UnsafeName(f"{what} is longer than {MAX_NAME_BYTES} bytes")
+    if len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise UnsafeName(f"{what} is longer than {max_bytes} bytes (UTF-8)")
     return value
+
+
+def plain_filename(value: str) -> str:
+    """:func:`plain_name` for a model file's name (at most :data:`MAX_FILENAME_BYTES`)."""
+    return plain_name(value, what="filename", max_bytes=MAX_FILENAME_BYTES)
 
 
 def plain_subpath(value: str, *, what: str = "subfolder") -> tuple[str, ...]:

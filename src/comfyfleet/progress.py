@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from comfyfleet.names import escape_controls
 from comfyfleet.units import format_duration, format_size
 
 #: seconds between plain status lines when stderr is not a terminal
@@ -100,7 +101,8 @@ class PlainRenderer(ProgressRenderer):
 
     def _write(self, line: str) -> None:
         with contextlib.suppress(Exception):
-            self.stream.write(line + "\n")
+            # stderr is often captured into a followed log: one event, one escaped line
+            self.stream.write(escape_controls(line) + "\n")
             self.stream.flush()
 
     def changed(self, name: str, key: str, ev: Event) -> None:

@@ -41,6 +41,7 @@ from comfyfleet.events import STATE_DIR, RunLog
 from comfyfleet.install import comfyui as comfyui_install
 from comfyfleet.install.nodes import NodeResult, install_nodes
 from comfyfleet.install.workflows import check_workflows, install_workflows
+from comfyfleet.lock import check_root
 from comfyfleet.manifest import Manifest
 from comfyfleet.verification import VerifyReport, provisioned_models, verify
 
@@ -174,15 +175,18 @@ async def provision(
     start: bool = True,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     start_timeout: float = runtime.START_TIMEOUT,
+    content_store: Path | None = None,
 ) -> ProvisionReport:
     """Provision ``root`` from ``manifest``; never raises for a failed step (see ``report.ok``).
+
+    ``content_store``: a directory shared with other roots (models fetched once, hard-linked).
 
     Cancellation propagates (after the run is recorded as failed, so the marker and the
     sentinel say so); the CLI turns it into exit 130.
     """
     root = Path(root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    log = RunLog(root, "provision", sentinels=True)
+    check_root(root)  # a file as --root: exit 2 before anything is created
+    log = RunLog(root, "provision", sentinels=True)  # takes ROOT's lock before any write
     if on_event is not None:
         log.subscribe(on_event)
     report = ProvisionReport(port=manifest.comfyui.port)
@@ -197,7 +201,7 @@ async def provision(
         workflows=len(manifest.workflows),
         strict=strict,
     )
-    log.info(f"provision {root} ({len(manifest.models)} models, {len(manifest.nodes)} nodes)")
+    log.info("provision", f"{root} ({len(manifest.models)} models, {len(manifest.nodes)} nodes)")
     try:
         await _provision(
             manifest,
@@ -207,6 +211,7 @@ async def provision(
             strict=strict,
             start=start,
             start_timeout=start_timeout,
+            content_store=content_store,
         )
         report.ok = True
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -247,6 +252,7 @@ async def _provision(
     strict: bool,
     start: bool,
     start_timeout: float,
+    content_store: Path | None = None,
 ) -> None:
     phase = _Phases(log, report)
 
@@ -272,7 +278,7 @@ async def _provision(
 
     async def downloads() -> None:
         async with phase("download"):
-            report.download = await download_all(manifest, root, log)
+            report.download = await download_all(manifest, root, log, content_store=content_store)
 
     async def install() -> None:
         nonlocal commit
@@ -303,7 +309,7 @@ async def _provision(
     required_failed = [f for f in failed_files if f.required]
     for f in failed_files:
         if not f.required:
-            log.info(f"WARNING optional model {f.folder}/{f.filename} failed: {f.error}")
+            log.info("WARNING", f"optional model {f.folder}/{f.filename} failed: {f.error}")
     for f in required_failed:
         if (f.error or "").startswith(DISK_FULL_PREFIX):
             # the disk is the cause, not this file: the verdict says so in its own words
@@ -338,7 +344,7 @@ async def _provision(
         for c in checks.checks:
             log.emit("validation", name=c.name, status=c.status, detail=c.detail)
             if c.status != "ok":
-                log.info(f"{c.status.upper()} {c.name}: {c.detail}")
+                log.info("check", f"{c.status.upper()} {c.name}: {c.detail}")
         if not checks.ok:
             bad = checks.failures()
             raise ValidationFailed(
@@ -349,7 +355,7 @@ async def _provision(
             )
 
     if not start:
-        log.info("--no-start: ComfyUI not started")
+        log.info("comfyui", "not started (--no-start)")
         return
     async with phase("start"):
         fp = fingerprint(manifest, commit, report.nodes)
@@ -358,13 +364,13 @@ async def _provision(
             root,
             nodes=report.nodes,
             fingerprint_=fp,
-            on_info=log.info,
+            on_info=lambda message: log.info("comfyui", message),
             start_timeout=start_timeout,
         )
         report.comfyui = info
         log.emit("comfyui_started", pid=info.pid, port=info.port, action=info.action)
         for w in info.report.warnings:
-            log.info(f"WARNING {w}")
+            log.info("WARNING", w)
         if not info.ready:
             raise RuntimeFailure(
                 "ComfyUI is running but not ready: " + "; ".join(info.report.problems),
@@ -379,6 +385,7 @@ async def _provision(
             url=f"http://{manifest.comfyui.listen}:{info.port}",
         )
         log.info(
-            f"ComfyUI ready at http://{manifest.comfyui.listen}:{info.port} "
-            f"(pid {info.pid}, {info.action})"
+            "comfyui",
+            f"ready at http://{manifest.comfyui.listen}:{info.port} "
+            f"(pid {info.pid}, {info.action})",
         )

@@ -1,9 +1,13 @@
 """Start, adopt, stop and check ComfyUI — "ready" judged by ComfyUI's own API.
 
 ComfyUI runs in its own session (``start_new_session``) so it outlives ``provision`` (the old
-script's ``cleanup_on_exit`` killed it). Its PID file records the process start time and
-command line: a PID file whose process is gone, or whose PID now belongs to another program,
-is stale — it never makes ``start`` refuse or ``stop`` kill an unrelated process.
+script's ``cleanup_on_exit`` killed it). Its PID file records the process start time, command
+line and working directory: a record whose process is gone, or whose PID now belongs to another
+program, is stale — it never makes ``start`` refuse or ``stop`` kill an unrelated process. A
+record that cannot be fully validated (garbage, a missing ``start_ticks``) is never trusted to
+signal anything: ``stop`` and ``status`` then find ROOT's ComfyUI by its working directory
+(``/proc/PID/cwd`` under ROOT) and its command line (``main.py``), never by a port alone —
+several ComfyUIs may run on one host.
 
 Ready means (reference/provisioning_anchors.md §3.3, §5.7): ``GET /system_stats`` answers and
 lists a CUDA device (unless ``--cpu``), every provisioned model is listed by
@@ -29,6 +33,7 @@ from urllib.parse import quote
 
 from comfyfleet.errors import RuntimeFailure
 from comfyfleet.events import STATE_DIR, write_atomic
+from comfyfleet.lock import holder as lock_holder
 
 if TYPE_CHECKING:
     import aiohttp
@@ -65,6 +70,48 @@ class PidRecord:
     def to_json(self) -> str:
         """Serialised form."""
         return json.dumps(self.__dict__, indent=1) + "\n"
+
+
+class PidFileProblem(ValueError):
+    """``comfyui.pid`` exists but is not a record comfyfleet can trust (the message says why)."""
+
+
+#: field → the JSON types it must have (bool is excluded from int explicitly below)
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "pid": (int,), "host": (str,), "port": (int,), "argv": (list,), "cwd": (str,),
+    "started_at": (int, float), "start_ticks": (int,),
+}  # fmt: skip
+
+
+def parse_pid_record(text: str) -> PidRecord:
+    """A :class:`PidRecord` from the PID file's text; raise :class:`PidFileProblem` unless every
+    field is present and well-formed (a record we cannot fully check is never trusted)."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        raise PidFileProblem("is not JSON") from None
+    if not isinstance(doc, dict):
+        raise PidFileProblem("is not a JSON object")
+    for name, types in _RECORD_FIELDS.items():
+        if name not in doc:
+            raise PidFileProblem(f"lacks {name} (written by an older comfyfleet, or edited)")
+        value = doc[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise PidFileProblem(f"has a malformed {name}")
+    if doc["pid"] <= 1 or doc["start_ticks"] < 0 or not 0 < doc["port"] < 65536:
+        raise PidFileProblem("has an impossible pid, port or start_ticks")
+    if not doc["argv"] or not all(isinstance(a, str) for a in doc["argv"]):
+        raise PidFileProblem("has a malformed argv")
+    if not Path(doc["cwd"]).is_absolute():
+        raise PidFileProblem("has a relative cwd")
+    cpu, fingerprint = doc.get("cpu", False), doc.get("fingerprint", "")
+    if not isinstance(cpu, bool) or not isinstance(fingerprint, str):
+        raise PidFileProblem("has a malformed cpu or fingerprint")
+    return PidRecord(
+        pid=doc["pid"], host=doc["host"], port=doc["port"], argv=list(doc["argv"]),
+        cwd=doc["cwd"], started_at=float(doc["started_at"]), start_ticks=doc["start_ticks"],
+        cpu=cpu, fingerprint=fingerprint,
+    )  # fmt: skip
 
 
 @dataclass
@@ -125,11 +172,23 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state, start ticks) from /proc, or None if there is no such process (or no /proc)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        # the command name (field 2) may contain spaces and parentheses: split after the last ')'
+        fields = text.rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
         return None
-    # the command name (field 2) may contain spaces and parentheses: split after the last ')'
-    fields = text.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[19])
+
+
+def _cwd(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def _runs_main_py(argv: list[str]) -> bool:
+    """True for ``python main.py …`` (ComfyUI's entry point), not any command naming main.py."""
+    return len(argv) >= 2 and Path(argv[1]).name == "main.py"
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -137,7 +196,8 @@ def _cmdline(pid: int) -> list[str]:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    # NUL-terminated arguments; an empty argument ("--listen", "") is kept
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
 
 
 def pid_alive(pid: int) -> bool:
@@ -157,16 +217,42 @@ def pid_alive(pid: int) -> bool:
 
 
 def is_our_process(record: PidRecord) -> bool:
-    """True if the PID file's process is alive and is still the ComfyUI we started."""
-    if not pid_alive(record.pid):
+    """True if the record's process is alive and provably still the ComfyUI we started:
+    same kernel start time, same command line, same working directory (needs /proc)."""
+    if record.start_ticks is None or not pid_alive(record.pid):
         return False
-    if not Path("/proc").is_dir():
-        return True  # no way to check identity here; liveness is all we have
     stat = _proc_stat(record.pid)
-    if record.start_ticks is not None and stat is not None and stat[1] != record.start_ticks:
-        return False  # the pid was reused by another process
-    cmd = _cmdline(record.pid)
-    return any(a.endswith("main.py") for a in cmd)
+    if stat is None or stat[1] != record.start_ticks:
+        return False  # the pid was reused by another process (or there is no /proc)
+    # the arguments after the interpreter: an image's python may be a wrapper that execs another
+    if _cmdline(record.pid)[1:] != record.argv[1:] or not _runs_main_py(record.argv):
+        return False
+    cwd = _cwd(record.pid)
+    return cwd is not None and os.path.realpath(cwd) == os.path.realpath(record.cwd)
+
+
+def find_comfyui(root: Path) -> list[int]:
+    """Pids of ComfyUI processes (``python main.py``) whose working directory is under ``root``.
+
+    How ``stop`` and ``status`` find ROOT's ComfyUI when its PID file cannot be trusted: by
+    where it runs, never by a port alone (several ComfyUIs may share a host).
+    """
+    base = os.path.realpath(root)
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        pid = int(entry)
+        cwd = _cwd(pid)
+        if cwd is None or not (cwd == base or cwd.startswith(base.rstrip("/") + "/")):
+            continue
+        if _runs_main_py(_cmdline(pid)) and pid_alive(pid):
+            found.append(pid)
+    return sorted(found)
 
 
 def pid_path(root: Path) -> Path:
@@ -179,13 +265,24 @@ def log_path(root: Path) -> Path:
     return root / STATE_DIR / LOG_FILE
 
 
-def read_pid_file(root: Path) -> PidRecord | None:
-    """The PID file's record, or None when absent or unreadable."""
+def load_pid_file(root: Path) -> tuple[PidRecord | None, str | None]:
+    """(record, None); (None, why it cannot be trusted) for a malformed file; (None, None)."""
+    path = pid_path(root)
     try:
-        data = json.loads(pid_path(root).read_text())
-        return PidRecord(**data)
-    except (FileNotFoundError, ValueError, TypeError):
-        return None
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"{path} cannot be read ({exc.strerror})"
+    try:
+        return parse_pid_record(text), None
+    except PidFileProblem as exc:
+        return None, f"{path} {exc}: not trusted"
+
+
+def read_pid_file(root: Path) -> PidRecord | None:
+    """The PID file's record, or None when absent or not fully valid."""
+    return load_pid_file(root)[0]
 
 
 def _remove_pid_file(root: Path) -> None:
@@ -331,8 +428,16 @@ async def start(
     Raises :class:`RuntimeFailure` when the port is taken by another program, ComfyUI exits
     during startup (with the tail of comfyui.log), does not answer in time, or is not ready.
     """
-    record = read_pid_file(root)
+    record, problem = load_pid_file(root)
     action = "started"
+    if problem is not None:
+        on_info(f"{problem}; looking for ComfyUI by its working directory")
+        _remove_pid_file(root)
+        untracked = find_comfyui(root)
+        for pid in untracked:
+            on_info(f"stopping ComfyUI pid {pid} (running in {root}, no valid PID file)")
+            await _stop_pid(pid, STOP_GRACE)
+        action = "restarted" if untracked else action
     if record is not None and is_our_process(record):
         same = record.port == port and record.argv[2:] == list(args) and not restart
         same = same and (not fingerprint or record.fingerprint == fingerprint)
@@ -428,23 +533,36 @@ async def _settle(
 async def stop(root: Path, *, grace: float = STOP_GRACE) -> dict[str, Any]:
     """Stop the ComfyUI of ``root`` (process group: TERM, then KILL after ``grace``).
 
-    A stale PID file (dead or reused pid) is removed without signalling anything.
-    Returns ``{"stopped", "pid", "stale", "killed"}``.
+    A trusted PID file names the process. A stale one (dead or reused pid) is removed without
+    signalling its pid; a malformed one is never used to signal anything. In both cases (and
+    with none) ComfyUI is found by its working directory under ROOT and its command line.
+    Returns ``{"stopped", "pid", "stale", "killed", "found_by", "problem"}``.
     """
-    record = read_pid_file(root)
-    if record is None:
-        return {"stopped": False, "pid": None, "stale": False, "killed": False}
-    if not is_our_process(record):
+    record, problem = load_pid_file(root)
+    result: dict[str, Any] = {"stopped": False, "pid": None, "stale": False, "killed": False,
+                              "found_by": None, "problem": problem}  # fmt: skip
+    if record is not None and is_our_process(record):
+        result.update(stopped=True, pid=record.pid, found_by="pid_file")
+        result["killed"] = await _stop_pid(record.pid, grace)
         _remove_pid_file(root)
-        return {"stopped": False, "pid": record.pid, "stale": True, "killed": False}
-    killed = False
-    _signal_group(record.pid, signal.SIGTERM)
-    if not await _wait_gone(record.pid, grace):
-        _signal_group(record.pid, signal.SIGKILL)
-        killed = True
-        await _wait_gone(record.pid, 5.0)
-    _remove_pid_file(root)
-    return {"stopped": True, "pid": record.pid, "stale": False, "killed": killed}
+        return result
+    if record is not None or problem is not None:
+        result.update(stale=record is not None, pid=record.pid if record else None)
+        _remove_pid_file(root)
+    for pid in find_comfyui(root):
+        killed = await _stop_pid(pid, grace)
+        result.update(stopped=True, pid=pid, found_by="cwd", killed=result["killed"] or killed)
+    return result
+
+
+async def _stop_pid(pid: int, grace: float) -> bool:
+    """TERM ``pid``'s group, KILL it after ``grace``; True if it had to be killed."""
+    _signal_group(pid, signal.SIGTERM)
+    if await _wait_gone(pid, grace):
+        return False
+    _signal_group(pid, signal.SIGKILL)
+    await _wait_gone(pid, 5.0)
+    return True
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -470,26 +588,68 @@ async def _wait_gone(pid: int, seconds: float) -> bool:
 
 
 async def status(root: Path) -> dict[str, Any]:
-    """``{"running", "healthy", "pid", "port", "uptime_s"}`` for ``comfyfleet status``."""
-    record = read_pid_file(root)
-    if record is None or not is_our_process(record):
-        return {
-            "running": False,
-            "healthy": False,
-            "pid": None,
-            "port": record.port if record else None,
-            "uptime_s": None,
-            "stale_pid_file": record is not None,
-        }
-    stats = await system_stats(record.host, record.port)
+    """``{"running", "healthy", "pid", "port", "uptime_s", "lock"}`` for ``comfyfleet status``.
+
+    Read-only: takes no lock, removes no file. ``lock`` names the run holding ROOT, if any.
+    """
+    record, problem = load_pid_file(root)
+    who = lock_holder(root)
+    common = {"lock": who.to_json() if who else None, "pid_file_problem": problem}
+    if record is not None and is_our_process(record):
+        pid, host, port, started = record.pid, record.host, record.port, record.started_at
+    else:
+        found = find_comfyui(root)
+        if not found:
+            return {
+                "running": False,
+                "healthy": False,
+                "pid": None,
+                "port": record.port if record else None,
+                "uptime_s": None,
+                "stale_pid_file": record is not None,
+                **common,
+            }
+        # no trusted record: what the process itself was started with
+        pid = found[0]
+        argv = _cmdline(pid)
+        port = int(p) if (p := _arg_value(argv, "--port")) and p.isdigit() else 8188
+        host = _arg_value(argv, "--listen") or "127.0.0.1"
+        host = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host.split(",")[0]
+        started = _started_at(pid)
+    stats = await system_stats(host, port)
     devices = (stats or {}).get("devices") or []
     return {
         "running": True,
         "healthy": stats is not None,
-        "pid": record.pid,
-        "port": record.port,
-        "host": record.host,
-        "uptime_s": round(time.time() - record.started_at, 1),
+        "pid": pid,
+        "port": port,
+        "host": host,
+        "uptime_s": round(time.time() - started, 1) if started is not None else None,
         "devices": [d.get("name") for d in devices],
         "comfyui_version": ((stats or {}).get("system") or {}).get("comfyui_version"),
+        "found_by": "pid_file" if record is not None and record.pid == pid else "cwd",
+        **common,
     }
+
+
+def _arg_value(argv: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _started_at(pid: int) -> float | None:
+    """Wall-clock start time of ``pid`` (from /proc start ticks and the boot time)."""
+    stat = _proc_stat(pid)
+    try:
+        btime = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return None if stat is None else btime + stat[1] / os.sysconf("SC_CLK_TCK")

@@ -102,7 +102,7 @@ async def test_stale_pid_file_never_kills_an_unrelated_process(root: Path, comfy
 
         assert (await runtime.status(root))["running"] is False
         result = await runtime.stop(root)
-        assert result == {"stopped": False, "pid": bystander.pid, "stale": True, "killed": False}
+        assert (result["stopped"], result["pid"], result["stale"]) == (False, bystander.pid, True)
         assert bystander.poll() is None
 
         runtime.pid_path(root).write_text(stale.to_json())

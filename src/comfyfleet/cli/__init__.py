@@ -7,7 +7,7 @@ from comfyfleet.cli.app import app
 
 def _register() -> None:
     # Each module adds its commands to `app` on import; a missing one is a packaging bug.
-    from comfyfleet.cli import check, demo, download, import_, logs, provision  # noqa: F401
+    from comfyfleet.cli import check, demo, download, import_, logs, pool, provision  # noqa: F401
 
 
 def main() -> None:

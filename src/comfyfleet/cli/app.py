@@ -33,14 +33,19 @@ from comfyfleet.redact import redact_text
 
 app = typer.Typer(
     name="comfyfleet",
-    help="Provision rented GPU machines to a verified, running ComfyUI; stream their logs.",
+    help="Provision rented GPU machines to a verified, running ComfyUI; stream their logs; "
+    "keep a warm pool.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help text: rendering it must not import rich
 )
 logs_app = typer.Typer(help="Stream remote logs.", no_args_is_help=True, rich_markup_mode=None)
+pool_app = typer.Typer(
+    help="Warm pool of provisioned instances.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(logs_app, name="logs")
+app.add_typer(pool_app, name="pool")
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: whether this process has printed its --json document (there is exactly one)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from comfyfleet.cli.app import app, emit_json, run, run_async
+from comfyfleet.cli.provision import CONTENT_STORE, WAIT_LOCK, locked_root
 from comfyfleet.errors import Interrupted
 from comfyfleet.progress import event_console
 from comfyfleet.units import format_size
@@ -37,6 +38,8 @@ def summary(report: DownloadReport) -> str:
 def download(
     manifest: Path = typer.Argument(..., help="The manifest (TOML or YAML)."),
     root: Path = typer.Option(..., "--root", help="Where ComfyUI and its models live."),
+    wait_lock: bool = WAIT_LOCK,
+    content_store: Path | None = CONTENT_STORE,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document to stdout."),
 ) -> None:
     """Download every model of MANIFEST into ROOT, verified (exit 1 if a required one failed)."""
@@ -48,29 +51,29 @@ def download(
         from comfyfleet.manifest import load_manifest
 
         load_manifest(manifest)  # a bad manifest exits 2 before anything is created
-        root.mkdir(parents=True, exist_ok=True)
-        log = RunLog(root, "download")
-        try:
-            m = load_manifest(manifest)
-            with event_console() as console:
-                log.subscribe(console.on_event)
-                report = run_async(
-                    lambda: download_all(m, root, log),
-                    resume_hint="partial downloads are kept as .part files — "
-                    "run the same command again to resume",
-                )
-        except Interrupted as exc:
-            log.finish(False, "interrupted")
+        with locked_root(root, "download", wait=wait_lock):  # before anything under ROOT
+            log = RunLog(root, "download")
+            try:
+                m = load_manifest(manifest)
+                with event_console() as console:
+                    log.subscribe(console.on_event)
+                    report = run_async(
+                        lambda: download_all(m, root, log, content_store=content_store),
+                        resume_hint="partial downloads are kept as .part files — "
+                        "run the same command again to resume",
+                    )
+            except Interrupted as exc:
+                log.finish(False, "interrupted")
+                if json_out:
+                    emit_json({"ok": False, "interrupted": True, "files": [], "bytes": 0,
+                               "seconds": round(log.elapsed, 3)})  # fmt: skip
+                raise exc
+            failed = [f for f in report.files if f.status == "failed" and f.required]
+            log.finish(report.ok, "" if report.ok else f"{len(failed)} required file(s) failed")
+            print(summary(report), file=sys.stderr if json_out else sys.stdout)
             if json_out:
-                emit_json({"ok": False, "interrupted": True, "files": [], "bytes": 0,
-                           "seconds": round(log.elapsed, 3)})  # fmt: skip
-            raise exc
-        failed = [f for f in report.files if f.status == "failed" and f.required]
-        log.finish(report.ok, "" if report.ok else f"{len(failed)} required file(s) failed")
-        print(summary(report), file=sys.stderr if json_out else sys.stdout)
-        if json_out:
-            emit_json(report.to_json())
-        return 0 if report.ok else 1
+                emit_json(report.to_json())
+            return 0 if report.ok else 1
 
     doc = {"files": [], "bytes": 0, "seconds": None}
     run(body, json_doc=doc if json_out else None, root=root)

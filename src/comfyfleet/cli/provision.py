@@ -2,25 +2,62 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from comfyfleet.cli.app import app, emit_json, run, run_async
+from comfyfleet.names import escape_controls
 from comfyfleet.progress import event_console
 from comfyfleet.redact import redact_text
+
+if TYPE_CHECKING:
+    from comfyfleet.lock import LockHolder, RootLock
 
 # The library is imported inside each command: `--help`, `status` and `stop` start fast.
 
 MANIFEST = typer.Argument(..., help="The manifest (TOML or YAML).", show_default=False)
 ROOT = typer.Option(..., "--root", help="The directory to provision (ComfyUI, models, state).")
 JSON = typer.Option(False, "--json", help="Print one JSON document on stdout (progress on stderr).")
+WAIT_LOCK = typer.Option(
+    False,
+    "--wait-lock",
+    help="If another comfyfleet run holds ROOT, wait for it (default: exit 1).",
+)
+#: seconds ``stop`` gives a run holding the lock to end after SIGTERM before it is killed
+STOP_RUN_GRACE = 60.0
+CONTENT_STORE = typer.Option(
+    None,
+    "--content-store",
+    help="A directory shared by several roots: models are downloaded once (per sha256) "
+    "and hard-linked into each root.",
+)
 
 
 def _err(line: str) -> None:
-    print(redact_text(line), file=sys.stderr, flush=True)
+    # stderr is often captured into a log someone follows: values in it are shown escaped
+    print(escape_controls(redact_text(line)), file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def locked_root(root: Path, command: str, *, wait: bool) -> Iterator[RootLock]:
+    """Hold ROOT's lock for a command, taken before anything under ROOT is touched.
+
+    Refused (another run holds it): :class:`~comfyfleet.errors.RootLocked`, exit 1. While
+    waiting (``wait``), SIGTERM and Ctrl-C end the command with 130, nothing touched.
+    """
+    from comfyfleet.lock import hold_root
+
+    def waiting(who: LockHolder | None) -> None:
+        pid = f"pid {who.pid}, {who.command}" if who else "pid unknown"
+        _err(f"waiting for another comfyfleet run ({pid}) to release {root}")
+
+    with hold_root(root, command, wait=wait, on_wait=waiting) as lock:
+        yield lock
 
 
 _last_phase: list[str] = [""]
@@ -43,7 +80,8 @@ def render_event(event: dict[str, Any]) -> None:
         level = (
             "FAILED (critical)" if event.get("critical") else "failed (non-critical, continuing)"
         )
-        _err(f"    node {event['name']}: {level}: {(event.get('error') or '').splitlines()[0:1]}")
+        first = (event.get("error") or "").partition("\n")[0]
+        _err(f"    node {event['name']}: {level}: {first}")
     elif name == "validation" and event.get("status") != "ok":
         _err(f"    {event['status']}: {event['name']}: {event.get('detail', '')}")
     elif name == "comfyui_started":
@@ -74,12 +112,14 @@ def provision(
     no_start: bool = typer.Option(
         False, "--no-start", help="Install and verify; don't start ComfyUI."
     ),
+    wait_lock: bool = WAIT_LOCK,
     secrets_stdin: bool = typer.Option(
         False,
         "--secrets-stdin",
         help='Read tokens as a JSON object (e.g. {"HF_TOKEN": "..."}) from stdin; '
         "only the downloads get them, never the environment of git, pip or ComfyUI.",
     ),
+    content_store: Path | None = CONTENT_STORE,
     json_out: bool = JSON,
 ) -> None:
     """Install ComfyUI, custom nodes, models and workflows; verify; start ComfyUI until ready."""
@@ -91,10 +131,18 @@ def provision(
         if secrets_stdin:
             _secrets_from_stdin()
         m = load_manifest(manifest)
-        with event_console(render_event) as console:
+        with (
+            locked_root(root, "provision", wait=wait_lock),
+            event_console(render_event) as console,
+        ):
             report = run_async(
                 lambda: do_provision(
-                    m, root, strict=strict or None, start=not no_start, on_event=console.on_event
+                    m,
+                    root,
+                    strict=strict or None,
+                    start=not no_start,
+                    on_event=console.on_event,
+                    content_store=content_store,
                 ),
                 resume_hint="downloads and installs done so far are kept — run provision again",
             )
@@ -165,7 +213,9 @@ def verify_cmd(
 
 
 @app.command()
-def start(manifest: Path = MANIFEST, root: Path = ROOT, json_out: bool = JSON) -> None:
+def start(
+    manifest: Path = MANIFEST, root: Path = ROOT, wait_lock: bool = WAIT_LOCK, json_out: bool = JSON
+) -> None:
     """Start ComfyUI as the manifest says (or adopt a healthy one) and wait until ready."""
 
     def body() -> int:
@@ -173,10 +223,11 @@ def start(manifest: Path = MANIFEST, root: Path = ROOT, json_out: bool = JSON) -
         from comfyfleet.provisioning import start_comfyui
 
         m = load_manifest(manifest)
-        info = run_async(
-            lambda: start_comfyui(m, root.resolve(), on_info=_err),
-            resume_hint="run start again (a ComfyUI already up is adopted)",
-        )
+        with locked_root(root, "start", wait=wait_lock):
+            info = run_async(
+                lambda: start_comfyui(m, root.resolve(), on_info=_err),
+                resume_hint="run start again (a ComfyUI already up is adopted)",
+            )
         if json_out:
             emit_json(info.to_json())
         for w in info.report.warnings:
@@ -192,18 +243,44 @@ def start(manifest: Path = MANIFEST, root: Path = ROOT, json_out: bool = JSON) -
 
 
 @app.command()
-def stop(root: Path = ROOT, json_out: bool = JSON) -> None:
-    """Stop the ComfyUI of ROOT (process group: TERM, then KILL after a grace period)."""
+def stop(
+    root: Path = ROOT,
+    wait_lock: bool = typer.Option(
+        False, "--wait-lock", help="Let a run that holds ROOT finish instead of stopping it first."
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """Stop the run holding ROOT (if any: SIGTERM, it ends cleanly), then ROOT's ComfyUI."""
 
     def body() -> int:
         from comfyfleet import runtime
+        from comfyfleet.lock import STATE_DIR, RootLock, check_root, stop_holder
 
-        result = run_async(lambda: runtime.stop(root.resolve()), resume_hint="run stop again")
+        check_root(root)
+        stopped_run: LockHolder | None = None
+        lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if (root / STATE_DIR).is_dir():  # no state dir: no run of ours can hold a lock here
+            if wait_lock:
+                lock = locked_root(root, "stop", wait=True)
+            else:
+                held = RootLock(root, "stop")
+                stopped_run = stop_holder(root, held, grace=STOP_RUN_GRACE)
+                if stopped_run is not None:
+                    _err(f"stopped the comfyfleet run holding {root} (pid {stopped_run.pid}, "
+                         f"{stopped_run.command})")  # fmt: skip
+                lock = held  # held by stop_holder; leaving the block releases it
+        with lock:
+            result = run_async(lambda: runtime.stop(root.resolve()), resume_hint="run stop again")
+        result["run_stopped"] = stopped_run.to_json() if stopped_run else None
+        if result["problem"]:
+            _err(f"warning: {result['problem']}; looked for ComfyUI by its working directory")
         if json_out:
             emit_json(result)
         elif result["stopped"]:
+            how = ", found by its working directory" if result["found_by"] == "cwd" else ""
             _err(
-                f"stopped ComfyUI (pid {result['pid']})" + (" (killed)" if result["killed"] else "")
+                f"stopped ComfyUI (pid {result['pid']}{how})"
+                + (" (killed)" if result["killed"] else "")
             )
         elif result["stale"]:
             _err(
@@ -234,6 +311,11 @@ def status(root: Path = ROOT, json_out: bool = JSON) -> None:
             )
         else:
             print("not running")
+        if not json_out and doc.get("pid_file_problem"):
+            _err(f"warning: {doc['pid_file_problem']}; looked for ComfyUI by its working directory")
+        if not json_out and doc.get("lock"):
+            who = doc["lock"]
+            print(f"run in progress: {who['command']} (pid {who['pid']}) since {who['since']}")
         return 0 if doc["running"] and doc["healthy"] else 1
 
     run(body, json_doc=_STATUS_DOC if json_out else None, root=root)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from comfyfleet import sources
+from comfyfleet.download.content_store import ContentStore, content_key
 from comfyfleet.download.engine import FileDownload, Hooks, Verified, link_or_copy
 from comfyfleet.download.integrity import check_content, hash_file
 from comfyfleet.download.plan import DownloadPlan, Fetch, PlannedFile
@@ -125,6 +127,8 @@ class FileJob:
     progress_at: float = 0.0
     #: the key this file has in status.json (its ``where``, which changes once named)
     status_key: str = ""
+    #: the content store entry this file was linked from (nothing was fetched)
+    from_store: Path | None = None
 
     @property
     def key(self) -> str:
@@ -181,9 +185,10 @@ class FileReporter(Hooks):
                          fetch_host=_host(dl.remote.fetch_url)),
         )  # fmt: skip
         run.log.info(
-            f"download {job.key} ({total if total is not None else '?'} bytes"
+            "download",
+            f"{job.key} ({total if total is not None else '?'} bytes"
             + (f", resuming at {resumed}" if resumed else "")
-            + ")"
+            + ")",
         )
         run.status(job, "downloading", bytes=resumed)
 
@@ -225,7 +230,13 @@ class DownloadRun:
     """One ``download_all`` call: the plan's fetches through the global and per-host caps."""
 
     def __init__(
-        self, manifest: Manifest, root: Path, log: RunLog, state: VerifiedState, plan: DownloadPlan
+        self,
+        manifest: Manifest,
+        root: Path,
+        log: RunLog,
+        state: VerifiedState,
+        plan: DownloadPlan,
+        store: ContentStore | None = None,
     ) -> None:
         self.manifest = manifest
         self.root = Path(root)
@@ -233,6 +244,7 @@ class DownloadRun:
         self.settings = manifest.download
         self.state = state
         self.plan = plan
+        self.store = store
         self.jobs = [FileJob(f) for f in self.plan.files]
         self.downloaded = 0
         self.files_sem = asyncio.Semaphore(self.settings.concurrency)
@@ -291,7 +303,7 @@ class DownloadRun:
         self._result(job, "skipped", skip.size, skip.sha256)
         self.log.emit("file_skipped", **self.fields(job, bytes=skip.size, total=skip.size,
                       reason=skip.reason))  # fmt: skip
-        self.log.info(f"skip {job.key}: {skip.reason}")
+        self.log.info("skip", f"{job.key}: {skip.reason}")
         self.status(job, "skipped", bytes=skip.size)
 
     def verified(self, job: FileJob, v: Verified, seconds: float, **extra: Any) -> None:
@@ -302,7 +314,9 @@ class DownloadRun:
                           downloaded=job.downloaded, seconds=round(seconds, 3), **extra),
         )  # fmt: skip
         how = f": hard link to {extra['linked_from']} (same URL)" if "linked_from" in extra else ""
-        self.log.info(f"verified {job.key} sha256={v.sha256}{how}")
+        if "content_store" in extra:
+            how = f": hard link to {extra['content_store']} (content store)"
+        self.log.info("verified", f"{job.key} sha256={v.sha256}{how}")
         self.status(job, "verified", bytes=v.size)
 
     def fail(self, job: FileJob, exc: BaseException, seconds: float = 0.0) -> None:
@@ -373,7 +387,7 @@ class DownloadRun:
             for note in notes:
                 if note not in self._warned:  # one line per host, not one per file
                     self._warned.add(note)
-                    self.log.info(f"warning: {note}")
+                    self.log.info("WARNING", note)
 
     async def prefetch(self, fetch: Fetch, sem: asyncio.Semaphore) -> None:
         """Resolve a fetch's URL once, ahead of the queue (names, sizes for the order)."""
@@ -428,7 +442,7 @@ class DownloadRun:
         last: BaseException | None = None
         for i, url in enumerate(urls):
             if i > 0:
-                self.log.info(f"mirror for {job.key}: trying {redact_url(url)}")
+                self.log.info("mirror", f"for {job.key}: trying {redact_url(url)}")
             try:
                 if i == 0 and job.remote is not None:
                     remote = job.remote
@@ -446,7 +460,8 @@ class DownloadRun:
                 self.log.error(job.key, _describe(exc) + more, url=redact_url(url))
                 continue
             if verified is not None:
-                self.verified(job, verified, time.monotonic() - t0)
+                shared = {"content_store": str(job.from_store)} if job.from_store else {}
+                self.verified(job, verified, time.monotonic() - t0, **shared)
             return
         self.fail(job, last or DownloadError("no URL to download from"), time.monotonic() - t0)
 
@@ -460,6 +475,19 @@ class DownloadRun:
         # Now that the name is known, the file may be on record or on disk already.
         if await self.already_here(job, sha, file.entry.size or remote.size):
             return None
+
+        async def transfer() -> Verified:
+            return await self._transfer(job, remote, url, dest, has_mirror=has_mirror)
+
+        if self.store is not None:
+            return await self._through_store(job, remote, sha, transfer)
+        return await transfer()
+
+    async def _transfer(
+        self, job: FileJob, remote: RemoteFile, url: str, dest: Path, *, has_mirror: bool
+    ) -> Verified:
+        """Download ``remote`` to ``dest``, verified, and put it on record."""
+        file = job.file
 
         async def reresolve() -> RemoteFile:
             return await self.resolve(job, url)
@@ -481,6 +509,41 @@ class DownloadRun:
             ) from None
         await self.record(verified, job)
         return verified
+
+    async def _through_store(
+        self,
+        job: FileJob,
+        remote: RemoteFile,
+        sha: str | None,
+        transfer: Callable[[], Awaitable[Verified]],
+    ) -> Verified:
+        """Link the content from the store, or fetch it once for every root that shares it.
+
+        The content's lock is held from the look-up to the store entry's creation: a second
+        run on another root waits here, then finds the entry and links it.
+        """
+        store, file = self.store, job.file
+        assert store is not None and file.dest is not None
+        size = file.entry.size or remote.size
+        async with store.hold(content_key(sha, file.entry.url)):
+            known = sha or await asyncio.to_thread(
+                store.sha256_for_url, file.entry.url, size, remote.etag
+            )
+            entry = await asyncio.to_thread(store.find, known, size) if known else None
+            if entry is not None:
+                st = await asyncio.to_thread(store.link_out, entry, file.dest)
+                v = Verified(file.dest, entry.size, entry.sha256, 0, st)
+                await self.record(v, job)
+                job.from_store = entry.path
+                return v
+            v = await transfer()
+            try:
+                await asyncio.to_thread(
+                    store.put, v.path, v.sha256, v.size, file.entry.url, remote.etag
+                )
+            except OSError as exc:  # the file is verified in this root; only sharing is lost
+                self.log.error(job.key, f"not added to the content store: {exc}")
+            return v
 
     async def _link(self, job: FileJob, leader: FileJob) -> None:
         """An entry with the leader's URL: a hard link to the leader's verified file."""
@@ -531,8 +594,13 @@ class DownloadRun:
                     tg.create_task(self.run_fetch(fetch))
 
 
-async def download_all(manifest: Manifest, root: Path, log: RunLog) -> DownloadReport:
+async def download_all(
+    manifest: Manifest, root: Path, log: RunLog, *, content_store: Path | None = None
+) -> DownloadReport:
     """Download and verify every model of ``manifest`` under ``root``.
+
+    ``content_store``: a directory shared by several roots; a model found there (by sha256,
+    re-checked) is hard-linked instead of fetched, and each fetched model is added to it.
 
     Emits the file_* events itself and never raises for one file's failure; ``report.ok`` is
     False iff a required file failed. Cancellation (Ctrl-C/SIGTERM) propagates after every
@@ -544,13 +612,15 @@ async def download_all(manifest: Manifest, root: Path, log: RunLog) -> DownloadR
     # Both stat every record and every destination: off the loop.
     state = await asyncio.to_thread(VerifiedState, root)
     plan = await asyncio.to_thread(DownloadPlan, manifest, Path(root), state.records)
-    run = DownloadRun(manifest, root, log, state, plan)
+    store = ContentStore(content_store) if content_store is not None else None
+    run = DownloadRun(manifest, root, log, state, plan, store)
     await run.run()
     files = [j.result for j in run.jobs if j.result is not None]
     ok = all(f.status != "failed" or not f.required for f in files)
     report = DownloadReport(ok, files, run.downloaded, time.monotonic() - t0)
     log.info(
-        f"downloads: {report.count('verified')} verified, {report.count('skipped')} skipped, "
-        f"{report.count('failed')} failed; {report.bytes} bytes in {report.seconds:.1f}s"
+        "downloads",
+        f"{report.count('verified')} verified, {report.count('skipped')} skipped, "
+        f"{report.count('failed')} failed; {report.bytes} bytes in {report.seconds:.1f}s",
     )
     return report

@@ -60,7 +60,7 @@ from comfyfleet.importers.shell import (
 from comfyfleet.importers.structure import BranchTag, Structure
 from comfyfleet.importers.urls import clean_url
 from comfyfleet.manifest import CORE_FOLDERS, FOLDER_ALIASES, check_filename
-from comfyfleet.names import plain_name
+from comfyfleet.names import UnsafeName, plain_name
 
 #: array name → ComfyUI folder key (ai-dock's names, and the usual variants)
 ARRAY_FOLDERS: dict[str, str] = {
@@ -411,7 +411,9 @@ class _Reader:
         if clone.directory is None and self.cwd and "custom_nodes" in self.cwd.split("/"):
             target = f"{self.cwd}/{repo.rstrip('/').rsplit('/', 1)[-1].removesuffix('.git')}"
         parts = target.split("/")
-        if (clone.directory is not None or self.cwd) and "custom_nodes" not in parts[:-1]:
+        if (clone.directory is not None or self.cwd) and (
+            len(parts) < 2 or parts[-2] != "custom_nodes"
+        ):
             if not self.helper([target]):
                 self.result.skip(cmd.line, text, "clones somewhere other than custom_nodes/")
             return
@@ -423,6 +425,11 @@ class _Reader:
         folder = parts[-1] if target else ""
         tail = repo.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
         node.folder = folder if folder and UNRESOLVED not in folder else tail
+        try:
+            plain_name(node.folder, what="node folder")
+        except UnsafeName as exc:
+            self.result.skip(cmd.line, text, f"refused: {exc}")
+            return
         if node.folder != tail:
             node.notes.append(f"the script clones it into custom_nodes/{node.folder}")
         if not clone.branch:

@@ -158,6 +158,7 @@ def one_per_destination(result: ImportResult) -> None:
                 'this one its own filename = "…"'
             )
     seen_nodes: dict[str, int] = {}  # nodes: one per repo / registry id
+    folders: set[str] = set()  # and one per folder under custom_nodes/
     for n in result.nodes:
         key = (n.repo or f"registry:{n.registry_id}").removesuffix(".git").lower()
         if n.commented:
@@ -165,8 +166,28 @@ def one_per_destination(result: ImportResult) -> None:
         if key in seen_nodes:
             where = f"line {seen_nodes[key]}" if seen_nodes[key] else "an entry above"
             n.commented = f"the same node as {where}"
-        else:
-            seen_nodes[key] = n.line
+            continue
+        seen_nodes[key] = n.line
+        folder = node_folder(n)
+        if folder.casefold() in folders:  # two forks with one basename: the later gets its own
+            taken = folder
+            k = 2
+            while f"{taken}-{k}".casefold() in folders:
+                k += 1
+            n.folder = f"{taken}-{k}"
+            n.notes.append(f"custom_nodes/{taken} is another node's folder: this one gets its own")
+            folder = n.folder
+        folders.add(folder.casefold())
+
+
+def node_folder(n: ImportedNode) -> str:
+    """The folder a node lands in under ``custom_nodes/``: the input's, else the repo's last
+    path segment, else the registry id."""
+    if n.folder:
+        return n.folder
+    if n.repo:
+        return n.repo.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    return n.registry_id or ""
 
 
 def _model_lines(m: ImportedModel) -> list[str]:
@@ -189,6 +210,9 @@ def _node_lines(n: ImportedNode) -> list[str]:
         lines.append(f"repo = {_s(n.repo)}")
     if n.registry_id:
         lines.append(f"registry_id = {_s(n.registry_id)}")
+    default = (n.repo or "").rstrip("/").rsplit("/", 1)[-1].removesuffix(".git") or n.registry_id
+    if n.folder and n.folder != default:
+        lines.append(f"name = {_s(n.folder)}")
     if n.ref:
         lines.append(f"ref = {_s(n.ref)}")
     if n.classes:

@@ -107,7 +107,9 @@ async def prepare_environment(manifest: Manifest, root: Path, log: RunLog) -> En
         venv = root / "venv"
         python = comfyui_python(manifest, root)
         if not python.exists():
-            log.info(f"creating {venv} (--system-site-packages: reuses the image's torch)")
+            log.info(
+                "environment", f"creating {venv} (--system-site-packages: reuses the image's torch)"
+            )
             await run_command(
                 [sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
                 log=log,
@@ -130,7 +132,9 @@ async def prepare_environment(manifest: Manifest, root: Path, log: RunLog) -> En
     constraints.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(constraints, "\n".join(lines) + "\n", fsync=False)
     if pinned:
-        log.info("pinned: " + ", ".join(f"{k}=={v}" for k, v in sorted(pinned.items())))
+        log.info(
+            "environment", "pinned: " + ", ".join(f"{k}=={v}" for k, v in sorted(pinned.items()))
+        )
     return Environment(python=python, constraints=constraints, pinned=pinned)
 
 
@@ -142,8 +146,8 @@ async def checkout_comfyui(manifest: Manifest, root: Path, log: RunLog) -> Check
         settings.repo, settings.ref or None, dest, log=log, source="comfyui"
     )
     if checkout.warning:
-        log.info(f"comfyui: {checkout.warning}")
-    log.info(f"comfyui: {checkout.action} at {checkout.commit[:12]}")
+        log.info("comfyui", checkout.warning)
+    log.info("comfyui", f"{checkout.action} at {checkout.commit[:12]}")
     return checkout
 
 
@@ -165,7 +169,7 @@ async def install_requirements(
         return False
     digest = file_digest(requirements, env.constraints) + str(env.python)
     if load_state(root).get("comfyui_requirements") == digest:
-        log.info("comfyui: requirements unchanged since the last install")
+        log.info("comfyui", "requirements unchanged since the last install")
         return False
     async with pip_lock or asyncio.Lock():
         try:

@@ -103,7 +103,7 @@ async def install_nodes(
             )
         else:
             log.info(
-                f"node {entry.name}: {result.status} at {result.commit and result.commit[:12]}"
+                "node", f"{entry.name}: {result.status} at {result.commit and result.commit[:12]}"
             )
             log.emit(
                 "node_installed",
@@ -137,7 +137,7 @@ async def _install_one(
     result.commit = checkout.commit
     if checkout.warning:
         result.warnings.append(checkout.warning)
-        log.info(f"{source}: {checkout.warning}")
+        log.info("node", f"{entry.name}: {checkout.warning}")
     requirements = dest / "requirements.txt"
     install_py = dest / "install.py"
     digest = (

@@ -1,11 +1,16 @@
-"""File names from Content-Disposition (RFC 6266, incl. RFC 5987 ``filename*``) and URLs."""
+"""File names from Content-Disposition (RFC 6266, incl. RFC 5987 ``filename*``) and URLs.
+
+Servers choose these names: each one passes :func:`comfyfleet.names.plain_filename` here, once,
+so a name with a control character, a bidi override or too many bytes is refused (the caller
+falls back to the next source of a name), never written to disk or to a log.
+"""
 
 from __future__ import annotations
 
 import re
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from comfyfleet.manifest import check_filename
+from comfyfleet.names import UnsafeName, plain_filename
 
 _PARAM = re.compile(r"""\s*(?P<name>[^\s=;]+)\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|[^;]*)\s*(?:;|$)""")
 
@@ -42,8 +47,8 @@ def safe_name(name: str | None) -> str | None:
         return None
     name = re.split(r"[\\/]", name.strip())[-1].strip()
     try:
-        return check_filename(name)
-    except ValueError:
+        return plain_filename(name)
+    except UnsafeName:
         return None
 
 

@@ -1,0 +1,1 @@
+"""Alembic migrations of the pool store (run by :meth:`comfyfleet.fleet.store.Store.open`)."""

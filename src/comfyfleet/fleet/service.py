@@ -1,0 +1,403 @@
+"""The pool's control loop: one reconcile pass per tick, then the policy, then creates.
+
+A thin I/O shell around the pure :func:`.reconcile.reconcile` and :func:`.policy.plan`:
+one paged list call per tick, then the moves carried out in order — every state change
+committed before the provider call it announces (intent before action), every provider id
+committed right after the call that returned it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from comfyfleet.fleet.config import PoolConfig, VastProvider
+from comfyfleet.fleet.errors import (
+    CreateFailed,
+    OfferUnavailable,
+    ProviderAuthError,
+    ProviderError,
+)
+from comfyfleet.fleet.ownership import POOL_ENV, new_label
+from comfyfleet.fleet.policy import Limits, hourly_spend, plan
+from comfyfleet.fleet.providers.base import Offer, Provider, ProviderInstance
+from comfyfleet.fleet.reconcile import (
+    Adopt,
+    Advance,
+    Destroy,
+    Fail,
+    Launch,
+    MarkDestroyed,
+    MarkLost,
+    Observed,
+    Rules,
+    owned,
+    reconcile,
+)
+from comfyfleet.fleet.states import State
+from comfyfleet.fleet.store import InstanceRow, Store
+from comfyfleet.names import escape_controls
+from comfyfleet.redact import redact_text
+
+S = State
+#: the way from each state to ``destroying`` through legal transitions
+TO_DESTROYING: dict[State, tuple[State, ...]] = {
+    S.CREATING: (S.FAILED, S.DESTROYING),
+    S.BOOTING: (S.FAILED, S.DESTROYING),
+    S.PROVISIONING: (S.FAILED, S.DESTROYING),
+    S.READY: (S.DESTROYING,),
+    S.LEASED: (S.RELEASING, S.DESTROYING),
+    S.RELEASING: (S.DESTROYING,),
+    S.FAILED: (S.DESTROYING,),
+    S.DESTROYING: (),
+}
+#: offers tried for one intent in one tick before it waits for the next
+OFFERS_PER_LAUNCH = 3
+#: a row may be missing from the listing this many ticks before it is lost
+LOST_GRACE_TICKS = 5
+
+
+def stderr_log(line: str) -> None:
+    """One timestamped line on stderr (secrets redacted, control characters escaped)."""
+    stamp = time.strftime("%H:%M:%S")
+    print(f"[{stamp}] {escape_controls(redact_text(line))}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class TickReport:
+    """What one tick saw and did (for logs, tests and the benchmark)."""
+
+    listed: int = 0
+    owned: int = 0
+    actions: Counter[str] = field(default_factory=Counter)
+    requested: int = 0
+    error: str | None = None
+
+
+class PoolService:
+    """Reconciler + policy + creates for one pool, over one store and one provider."""
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        store: Store,
+        provider: Provider,
+        *,
+        ssh_public_key: str = "",
+        clock: Callable[[], float] = time.time,
+        log: Callable[[str], None] = stderr_log,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.provider = provider
+        self.ssh_public_key = ssh_public_key
+        self.clock = clock
+        self.log = log
+        section = config.pool
+        self.rules = Rules(
+            pool=section.name,
+            provision_timeout=section.provision_timeout,
+            lost_grace=LOST_GRACE_TICKS * section.tick,
+            create_grace=section.create_grace,
+        )
+        vast = config.provider if isinstance(config.provider, VastProvider) else None
+        self.limits = Limits(
+            min_ready=section.min_ready,
+            max_ready=section.ready_cap,
+            max_instances=section.max_instances,
+            max_hourly_spend=section.max_hourly_spend,
+            idle_timeout=section.idle_timeout,
+            dph_estimate=(vast.offers.max_dph or 0.0) if vast else 0.0,
+        )
+        self._offers: list[Offer] | None = None
+        self._spend = 0.0
+        self._draining = False
+        self.last_listing: list[ProviderInstance] = []
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def serve(self, *, ticks: int | None = None) -> None:
+        """Tick until cancelled (SIGTERM/SIGINT) or ``ticks`` passes; instances stay tracked."""
+        n = 0
+        while ticks is None or n < ticks:
+            started = time.monotonic()
+            await self.tick()
+            n += 1
+            if ticks is None or n < ticks:
+                await asyncio.sleep(max(0.0, self.config.pool.tick - (time.monotonic() - started)))
+
+    async def tick(self) -> TickReport:
+        """One pass: list, reconcile, apply, plan, create."""
+        report = TickReport()
+        self._offers = None
+        try:
+            listing = await self.provider.list_instances()
+        except ProviderError as exc:
+            report.error = str(exc)
+            self.log(f"listing failed, retrying next tick: {exc}")
+            return report
+        self.last_listing = listing
+        now = self.clock()
+        rows = await self.store.live()
+        pool = await self.store.pool_row()
+        mine = owned(listing, self.rules.pool)
+        report.listed, report.owned = len(listing), len(mine)
+        observed = [Observed(inst, *self.provider.health(inst)) for inst in mine]
+        if pool.draining != self._draining:
+            self._draining = pool.draining
+            self.log(
+                "pool is draining: nothing is created (pool resume clears it)"
+                if pool.draining
+                else "pool is not draining: creating again"
+            )
+        launch_ok = not pool.draining and now >= pool.next_create_at
+        result = reconcile(rows, observed, self.rules, now, launch=launch_ok)
+
+        launches: list[str] = []
+        done: set[str] = set()  # rows already destroyed this tick (draining retires them too)
+        for action in result.actions:
+            report.actions[type(action).__name__] += 1
+            if isinstance(action, Launch):
+                launches.append(action.row_id)
+            else:
+                await self._apply(action, done)
+
+        rows = await self.store.live()
+        pool = await self.store.pool_row()
+        decision = plan(
+            rows,
+            pool,
+            self.limits,
+            now,
+            untracked=len(result.untracked),
+            untracked_dph=sum(i.dph for i in result.untracked),
+        )
+        for row_id in decision.retire:
+            if row_id not in done:
+                report.actions["Retire"] += 1
+                await self._destroy(row_id, None, "retired by the pool policy", done)
+        for _ in range(decision.create):
+            row = await self.store.add_intent(
+                row_id=secrets.token_hex(6),
+                label=new_label(self.rules.pool),
+                provider_kind=self.provider.kind,
+                dph=0.0,
+            )
+            launches.append(row.id)
+        report.requested = decision.create
+        if decision.create:
+            self.log(f"requesting {decision.create} instance(s): {decision.why}")
+        if launches:
+            # $/h of everything that can bill, kept current across this tick's launches
+            self._spend = hourly_spend(
+                await self.store.live(),
+                dph_estimate=self.limits.dph_estimate,
+                extra=sum(i.dph for i in result.untracked),
+            )
+        for row_id in launches:
+            await self._launch(row_id)
+        return report
+
+    # --- applying reconcile actions ------------------------------------------------------
+
+    async def _apply(self, action: object, done: set[str]) -> None:
+        store = self.store
+        if isinstance(action, Adopt):
+            inst = action.inst
+            if await store.transition(
+                action.row_id, S.CREATING, S.BOOTING, reason="found by its label",
+                **_instance_fields(inst),
+            ):  # fmt: skip
+                self.log(f"{action.row_id}: create resolved by label → {inst.provider_id}")
+        elif isinstance(action, Advance):
+            inst = action.inst
+            ssh = inst.ssh
+            fields = (
+                {"ssh_host": ssh.host, "ssh_port": ssh.port, "ssh_user": ssh.user} if ssh else {}
+            )
+            if await store.transition(
+                action.row_id, S.BOOTING, S.PROVISIONING, reason="reachable", **fields
+            ):
+                await store.note_create_success()
+                self.log(f"{action.row_id}: reachable → provisioning")
+        elif isinstance(action, Fail):
+            if await store.transition(action.row_id, action.old, S.FAILED, reason=action.reason):
+                self.log(f"{action.row_id}: failed: {action.reason}")
+                if action.machine_id:
+                    self.provider.block(action.machine_id, action.reason)
+                if action.counts_as_create_failure:
+                    await self._note_failure()
+        elif isinstance(action, MarkLost):
+            if await store.transition(action.row_id, action.old, S.LOST, reason=action.reason):
+                self.log(f"{action.row_id}: lost: {action.reason}")
+        elif isinstance(action, MarkDestroyed):
+            if await store.transition(
+                action.row_id, S.DESTROYING, S.DESTROYED, reason="gone from the listing"
+            ):
+                self.log(f"{action.row_id}: destroyed (confirmed by the listing)")
+        elif isinstance(action, Destroy):
+            if action.row_id is None:
+                if action.provider_id is not None:
+                    await self._call_destroy(
+                        action.provider_id, action.label, f"untracked: {action.reason}"
+                    )
+            elif action.row_id not in done:
+                await self._destroy(action.row_id, action.provider_id, action.reason, done)
+        else:  # pragma: no cover - reconcile's Action union is closed
+            raise TypeError(f"unknown action {action!r}")
+
+    async def _destroy(
+        self, row_id: str, provider_id: str | None, reason: str, done: set[str]
+    ) -> None:
+        """Move the row to ``destroying`` (committed), then ask the provider to destroy."""
+        done.add(row_id)
+        row = await self.store.get(row_id)
+        if row is None or row.state not in TO_DESTROYING:
+            return
+        state = row.state
+        for step in TO_DESTROYING[state]:
+            if not await self.store.transition(row_id, state, step, reason=reason):
+                return  # someone else moved it: the next tick sees the new state
+            state = step
+        pid = provider_id or row.provider_id
+        if pid is None:
+            return  # nothing was created; the listing confirms its label is absent next tick
+        if row.provider_id != pid:
+            await self.store.update(row_id, provider_id=pid)
+        await self.store.update(row_id, destroy_attempts=row.destroy_attempts + 1)
+        await self._call_destroy(pid, row.label, f"{row_id}: {reason}")
+
+    async def _call_destroy(self, provider_id: str, label: str | None, why: str) -> None:
+        try:
+            await self.provider.destroy(provider_id, label=label)
+            self.log(f"destroy {provider_id} sent ({why})")
+        except ProviderError as exc:
+            self.log(f"destroy {provider_id} failed, retrying next tick: {exc}")
+
+    async def _note_failure(self) -> None:
+        pool = await self.store.note_create_failure(
+            self.config.pool.backoff, self.config.pool.backoff_max
+        )
+        self.log(
+            f"{pool.failures} failure(s) in a row: next create in "
+            f"{max(0.0, pool.next_create_at - self.clock()):.0f}s"
+        )
+
+    # --- creating ------------------------------------------------------------------------
+
+    async def _candidate_offers(self, budget: float) -> list[Offer]:
+        if self._offers is None:
+            try:
+                self._offers = await self.provider.search_offers()
+            except ProviderError as exc:
+                self.log(f"offer search failed, retrying next tick: {exc}")
+                self._offers = []
+        return [o for o in self._offers if o.dph <= budget + 1e-9]
+
+    async def _launch(self, row_id: str) -> None:
+        """Create the instance of a ``requested`` intent (which is committed already)."""
+        row = await self.store.get(row_id)
+        if row is None or row.state is not S.REQUESTED:
+            return
+        own = row.dph if row.dph > 0 or row.offer_id else self.limits.dph_estimate
+        budget = self.config.pool.max_hourly_spend - (self._spend - own)
+        offers = await self._candidate_offers(budget)
+        if not offers:
+            self.log(f"{row_id}: no offer within ${budget:.2f}/h; waiting")
+            await self._note_failure()
+            return
+        state = S.REQUESTED
+        for offer in offers[:OFFERS_PER_LAUNCH]:
+            fields = {
+                "offer_id": offer.offer_id,
+                "machine_id": offer.machine_id,
+                "gpu_name": offer.gpu_name,
+                "dph": offer.dph,
+            }
+            if state is S.REQUESTED:
+                if not await self.store.transition(
+                    row_id, S.REQUESTED, S.CREATING, reason=f"offer {offer.offer_id}", **fields
+                ):
+                    return
+                state = S.CREATING
+            else:
+                await self.store.update(row_id, **fields)
+            self._spend += offer.dph - own
+            own = offer.dph
+            outcome = await self._create(row, offer)
+            if self._offers is not None and offer in self._offers:
+                self._offers.remove(offer)  # rented, taken or in doubt: not for the next intent
+            if outcome != "unavailable":
+                return
+        if await self.store.transition(
+            row_id, S.CREATING, S.FAILED, reason="every offer tried was taken"
+        ):
+            await self._note_failure()
+            await self._destroy(row_id, None, "no offer available", set())
+
+    async def _create(self, row: InstanceRow, offer: Offer) -> str:
+        """One create call for ``row`` on ``offer``: "created", "unavailable", "failed" or
+        "unknown" (may have happened: left in ``creating``, resolved by label later)."""
+        try:
+            created = await self.provider.create(
+                offer,
+                label=row.label,
+                env=self._instance_env(),
+                onstart=self._onstart(),
+                ssh_public_key=self.ssh_public_key,
+            )
+        except OfferUnavailable:
+            self.log(f"{row.id}: offer {offer.offer_id} was taken; trying the next")
+            return "unavailable"
+        except CreateFailed as exc:
+            if exc.provider_id is not None:
+                # the error answer names the instance it made: it exists and bills
+                await self.store.transition(
+                    row.id, S.CREATING, S.FAILED, reason=f"create failed: {exc}",
+                    provider_id=exc.provider_id,
+                )  # fmt: skip
+                await self._note_failure()
+                await self._destroy(row.id, exc.provider_id, "created despite an error", set())
+                return "failed"
+            self.log(f"{row.id}: create failed, outcome unknown (resolved by label): {exc}")
+            await self._note_failure()
+            return "unknown"
+        except ProviderAuthError as exc:
+            await self.store.transition(row.id, S.CREATING, S.FAILED, reason=str(exc))
+            await self._note_failure()
+            await self._destroy(row.id, None, "credentials refused", set())
+            self.log(f"{row.id}: {exc}")
+            return "failed"
+        except ProviderError as exc:
+            self.log(f"{row.id}: create may have happened (resolved by label): {exc}")
+            await self._note_failure()
+            return "unknown"
+        await self.store.transition(
+            row.id, S.CREATING, S.BOOTING, reason="created", provider_id=created.provider_id
+        )
+        self.log(f"{row.id}: created {created.provider_id} on offer {offer.offer_id}")
+        return "created"
+
+    def _instance_env(self) -> Mapping[str, str]:
+        vast = self.config.provider if isinstance(self.config.provider, VastProvider) else None
+        return {**(vast.env if vast else {}), POOL_ENV: self.rules.pool}
+
+    def _onstart(self) -> str:
+        vast = self.config.provider if isinstance(self.config.provider, VastProvider) else None
+        return vast.onstart if vast else ""
+
+
+def _instance_fields(inst: ProviderInstance) -> dict[str, object]:
+    fields: dict[str, object] = {"provider_id": inst.provider_id}
+    if inst.machine_id:
+        fields["machine_id"] = inst.machine_id
+    if inst.gpu_name:
+        fields["gpu_name"] = inst.gpu_name
+    if inst.dph > 0:
+        fields["dph"] = inst.dph
+    return fields
