@@ -193,6 +193,10 @@ class WorkflowError(ComfyfleetError):
     """A workflow needs something the manifest does not provide, or cannot be edited as asked."""
 
 
+class NothingToImport(ComfyfleetError):
+    """``import`` found no model and no custom node in its input (the hint names what it reads)."""
+
+
 class ValidationFailed(ComfyfleetError):
     """Post-install verification failed (a requirement, or a warning under strict mode)."""
 

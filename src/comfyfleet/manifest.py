@@ -55,6 +55,8 @@ MODEL_EXTENSIONS: frozenset[str] = frozenset(
 DEFAULT_COMFYUI_REPO = "https://github.com/comfyanonymous/ComfyUI.git"
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+#: a Comfy Registry node id (``comfyui-impact-pack``, ``ComfyUI-GGUF``)
+REGISTRY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _CONTROL_OR_SPACE = re.compile(
     r"[\x00-\x20\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
 )
@@ -300,16 +302,32 @@ class ModelEntry(_Strict):
         """The canonical ComfyUI folder key this file is listed under."""
         return canonical_folder(self.folder)
 
+    def listed_as(self, filename: str) -> str:
+        """The name ComfyUI lists the file under in its folder: ``<subfolder>/<filename>``."""
+        return f"{self.subfolder}/{filename}" if self.subfolder else filename
+
 
 class NodeEntry(_Strict):
     """A custom node repository to install into ``custom_nodes/<name>``."""
 
-    repo: str
+    repo: str | None = None
+    #: a Comfy Registry id, resolved to ``repo`` by check and provision (when ``repo`` is absent)
+    registry_id: str | None = None
     ref: str | None = None
     #: its folder under ``custom_nodes/``; default: the repo's last path segment without .git
     name: str = Field("", validate_default=True)
     critical: bool = False
     classes: list[str] = Field(default_factory=list)
+
+    @field_validator("registry_id")
+    @classmethod
+    def _registry_id(cls, v: str | None) -> str | None:
+        if v is not None and not REGISTRY_ID.match(v):
+            raise ValueError(
+                f"{v!r} is not a Comfy Registry id (letters, digits, '-', '_', '.'; "
+                "e.g. 'comfyui-impact-pack')"
+            )
+        return v
 
     @field_validator("repo", "ref")
     @classmethod
@@ -330,6 +348,9 @@ class NodeEntry(_Strict):
     def _plain_node_name(cls, v: str, info: Any) -> str:
         if v:
             return _plain(v, "node name")
+        if "repo" in info.data and info.data["repo"] is None:
+            # no repo: a registry_id node lands in custom_nodes/<registry_id> (a plain name)
+            return info.data.get("registry_id") or v
         repo = info.data.get("repo")
         if not isinstance(repo, str):
             return v  # the repo itself is invalid: that error is reported
@@ -340,6 +361,17 @@ class NodeEntry(_Strict):
                 f"{exc} (the last path segment of repo {_shown_url(repo)!r}); "
                 'set name = "…" to give this node a plain folder name'
             ) from None
+
+    @model_validator(mode="after")
+    def _repo_or_registry_id(self) -> NodeEntry:
+        if not self.repo and not self.registry_id:
+            raise ValueError('needs repo = "<git URL>" or registry_id = "<Comfy Registry id>"')
+        return self
+
+
+def _node_source(node: NodeEntry) -> str:
+    """A node's repo (redacted) or its registry id, for messages."""
+    return redact_url(node.repo) if node.repo else f"registry_id {node.registry_id!r}"
 
 
 class ValidateSettings(_Strict):
@@ -431,7 +463,7 @@ class Manifest(_Strict):
                 raise _FieldError(
                     ("nodes", i, "name"),
                     f"custom_nodes/{node.name} is also the folder of nodes[{other}] "
-                    f"({redact_url(self.nodes[other].repo)}); give one of them its own folder "
+                    f"({_node_source(self.nodes[other])}); give one of them its own folder "
                     f'with name = "{node.name}-2" (two forks need two names)',
                 )
         return self

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from comfyfleet.errors import NotFound, SourceError
+from comfyfleet.install.registry import resolve_registry_id
 from comfyfleet.manifest import Manifest, ModelEntry
 from comfyfleet.redact import redact_text, redact_url
 from comfyfleet.retry import RetryPolicy
@@ -93,12 +94,14 @@ class DiskResult:
 
 @dataclass
 class NodePin:
-    """A ``[[nodes]]`` entry: pinned or not."""
+    """A ``[[nodes]]`` entry: pinned or not; a ``registry_id`` resolved to its repo, or not."""
 
     repo: str
     ref: str | None
-    status: str  # "pinned" | "unpinned"
+    status: str  # "pinned" | "unpinned" | "unresolved" (registry_id the registry cannot map)
     message: str = ""
+    registry_id: str | None = None
+    critical: bool = False
 
 
 @dataclass
@@ -111,17 +114,29 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        """Every required entry is ok and the disk can hold the models."""
-        return all(e.ok for e in self.entries if e.required) and self.disk.sufficient
+        """Every required entry is ok, the disk can hold the models, and every critical
+        node's registry_id resolves."""
+        nodes_ok = not any(n.status == "unresolved" and n.critical for n in self.nodes)
+        return all(e.ok for e in self.entries if e.required) and self.disk.sufficient and nodes_ok
 
     @property
     def warnings(self) -> list[str]:
         out = [f"optional {e.filename or e.url}: {e.status}" for e in self.entries
                if not e.ok and not e.required]  # fmt: skip
-        out += [f"{n.repo}: {n.message}" for n in self.nodes if n.status == "unpinned"]
+        out += [
+            f"{n.repo or n.registry_id}: {n.message}"
+            for n in self.nodes
+            if n.status == "unpinned" or (n.status == "unresolved" and not n.critical)
+        ]
         out += [f"{e.filename}: {w}" for e in self.entries for w in e.warnings]
         out += [w for e in self.entries for w in e.host_warnings]
         return list(dict.fromkeys(out))  # a host's note once, however many files it serves
+
+    @property
+    def node_errors(self) -> list[str]:
+        """Critical nodes whose registry_id did not resolve to a repository."""
+        return [f"node {n.registry_id}: {n.message}" for n in self.nodes
+                if n.status == "unresolved" and n.critical]  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         disk = asdict(self.disk) | {"sufficient": self.disk.sufficient}
@@ -131,6 +146,7 @@ class CheckReport:
             "disk": disk,
             "nodes": [asdict(n) for n in self.nodes],
             "warnings": self.warnings,
+            "errors": self.node_errors,
         }
 
 
@@ -228,22 +244,50 @@ def check_disk(manifest: Manifest, root: Path, entries: list[EntryResult]) -> Di
     return DiskResult(str(where), free, needed, headroom, unknown)
 
 
-def check_nodes(manifest: Manifest) -> list[NodePin]:
-    """Pinned or not, per node (an unpinned node installs whatever its branch is today)."""
+def check_nodes(
+    manifest: Manifest, repos: dict[str, str | Exception] | None = None
+) -> list[NodePin]:
+    """Pinned or not, per node (an unpinned node installs whatever its branch is today);
+    ``repos`` maps each ``registry_id`` to its resolved repo or the error resolving it."""
     out = []
     for node in manifest.nodes:
-        if node.ref:
-            out.append(NodePin(redact_url(node.repo), node.ref, "pinned"))
-        else:
-            out.append(
-                NodePin(
-                    redact_url(node.repo),
-                    None,
-                    "unpinned",
-                    "no ref: installs the default branch as it is that day; "
-                    'pin it with ref = "<commit or tag>"',
-                )
+        repo = node.repo
+        if repo is None and node.registry_id:
+            found = (repos or {}).get(node.registry_id)
+            if not isinstance(found, str):
+                why = redact_text(str(found)) if found else "not resolved"
+                out.append(NodePin("", node.ref, "unresolved", why, node.registry_id,
+                                      node.critical))  # fmt: skip
+                continue
+            repo = found
+        result = NodePin(redact_url(repo or ""), node.ref, "pinned",
+                            registry_id=node.registry_id, critical=node.critical)  # fmt: skip
+        if not node.ref:
+            result.status = "unpinned"
+            result.message = (
+                "no ref: installs the default branch as it is that day; "
+                'pin it with ref = "<commit or tag>"'
             )
+        out.append(result)
+    return out
+
+
+async def resolve_registry_nodes(
+    session: aiohttp.ClientSession, manifest: Manifest
+) -> dict[str, str | Exception]:
+    """Each ``registry_id`` of a node without ``repo`` → its repository, or why not."""
+    ids = sorted({n.registry_id for n in manifest.nodes if n.registry_id and not n.repo})
+    out: dict[str, str | Exception] = {}
+
+    async def one(node_id: str) -> None:
+        try:
+            out[node_id] = (await resolve_registry_id(session, node_id)).repository
+        except SourceError as exc:
+            out[node_id] = exc
+
+    async with asyncio.TaskGroup() as tg:
+        for node_id in ids:
+            tg.create_task(one(node_id))
     return out
 
 
@@ -273,7 +317,8 @@ async def check_manifest(
         async with asyncio.TaskGroup() as tg:
             for i, entry in enumerate(manifest.models):
                 tg.create_task(probe(i, entry))
+            repos_task = tg.create_task(resolve_registry_nodes(session, manifest))
 
     entries = [r for r in results if r is not None]
     disk = await asyncio.to_thread(check_disk, manifest, Path(root), entries)
-    return CheckReport(entries=entries, disk=disk, nodes=check_nodes(manifest))
+    return CheckReport(entries=entries, disk=disk, nodes=check_nodes(manifest, repos_task.result()))

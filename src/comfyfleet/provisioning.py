@@ -117,7 +117,8 @@ def expectations(
     """What ComfyUI must show to be ready: provisioned models, node classes, a CUDA device."""
     failed = {n.name for n in nodes or [] if n.status == "failed"}
     models = [
-        (m.entry.key, m.filename)
+        # ComfyUI lists a file in a subfolder as "<subfolder>/<filename>"
+        (m.entry.key, m.entry.listed_as(m.filename))
         for m in provisioned_models(manifest, root)
         if m.filename and m.path is not None and m.path.exists()
     ]

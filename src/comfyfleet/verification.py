@@ -138,7 +138,7 @@ async def verify(
     report = VerifyReport(strict=manifest.validate_.strict if strict is None else strict)
     for model in provisioned_models(manifest, root):
         entry = model.entry
-        name = f"model {entry.folder}/{model.filename or '(name from server)'}"
+        name = f"model {entry.folder}/{entry.listed_as(model.filename or '(name from server)')}"
         bad = "fail" if entry.required else "warn"
         if model.path is None or not model.path.exists():
             report.add(name, bad, "missing" + ("" if entry.required else " (required = false)"))

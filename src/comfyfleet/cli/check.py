@@ -64,6 +64,7 @@ def _summary_lines(report: CheckReport) -> list[str]:
         + (f" ({d.unknown_sizes} size(s) unknown)" if d.unknown_sizes else ""),
     ]
     lines += [f"warning: {w}" for w in report.warnings]
+    lines += [f"error: {e}" for e in report.node_errors]
     lines.append("check passed" if report.ok else "check FAILED")
     return [redact_text(line) for line in lines]
 

@@ -24,6 +24,7 @@ from comfyfleet.install.comfyui import (
 )
 from comfyfleet.install.git import ensure_checkout
 from comfyfleet.install.process import run_command
+from comfyfleet.install.registry import registry_repo
 from comfyfleet.manifest import Manifest, NodeEntry
 from comfyfleet.redact import redact_url
 
@@ -71,14 +72,19 @@ async def install_nodes(
     pip_lock = pip_lock or asyncio.Lock()
     clone_slots = asyncio.Semaphore(CLONE_CONCURRENCY)
     results = [
-        NodeResult(repo=n.repo, ref=n.ref, name=n.name, critical=n.critical) for n in manifest.nodes
+        NodeResult(repo=n.repo or "", ref=n.ref, name=n.name, critical=n.critical)
+        for n in manifest.nodes
     ]
 
     async def one(entry: NodeEntry, result: NodeResult) -> None:
         try:
+            repo = entry.repo
+            if not repo and entry.registry_id:  # a Comfy Registry id: find its repo first
+                repo = result.repo = await registry_repo(entry.registry_id, root)
             await _install_one(
-                entry, result, custom_nodes / entry.name, root, log, env, clone_slots, pip_lock
-            )
+                entry, repo or "", result, custom_nodes / entry.name, root, log, env,
+                clone_slots, pip_lock,
+            )  # fmt: skip
         except ComfyfleetError as exc:
             result.status = "failed"
             result.error = exc.message
@@ -116,6 +122,7 @@ async def install_nodes(
 
 async def _install_one(
     entry: NodeEntry,
+    repo: str,
     result: NodeResult,
     dest: Path,
     root: Path,
@@ -126,7 +133,7 @@ async def _install_one(
 ) -> None:
     source = f"node {entry.name}"
     async with clone_slots:
-        checkout = await ensure_checkout(entry.repo, entry.ref, dest, log=log, source=source)
+        checkout = await ensure_checkout(repo, entry.ref, dest, log=log, source=source)
     result.commit = checkout.commit
     if checkout.warning:
         result.warnings.append(checkout.warning)

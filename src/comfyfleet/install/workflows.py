@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from comfyfleet.errors import WorkflowError
 from comfyfleet.events import write_atomic
-from comfyfleet.manifest import CORE_FOLDERS, FOLDER_ALIASES, Manifest, canonical_folder
+from comfyfleet.manifest import FOLDER_ALIASES, Manifest, canonical_folder
 
 #: loader class → its file inputs: (input name, widget index in UI format, folder key)
 LOADER_INPUTS: dict[str, list[tuple[str, int, str]]] = {
@@ -241,7 +241,7 @@ def manifest_provides(manifest: Manifest) -> set[tuple[str, str]]:
     for entry in manifest.models:
         filename = entry.filename or _url_filename(entry.url)
         if filename:
-            provided.add((entry.key, filename))
+            provided.add((entry.key, entry.listed_as(filename)))
     return provided
 
 
@@ -267,22 +267,23 @@ def missing_models(
 
 def _on_disk(manifest: Manifest, root: Path, need: ModelNeed) -> bool:
     models = manifest.comfyui_dir(root) / "models"
-    names = {need.key, need.directory or need.key}
-    names |= {
-        a for a, t in {"unet": "diffusion_models", "clip": "text_encoders"}.items() if t == need.key
-    }
+    names = {need.key} | {a for a, t in FOLDER_ALIASES.items() if t == need.key}
+    if need.directory and canonical_folder(need.directory) == need.key:
+        names.add(need.directory)
+    # need.filename may carry a subfolder ("SDXL/x.safetensors"), as ComfyUI lists it
     return any((models / n / need.filename).is_file() for n in names)
 
 
 def suggested_entry(need: ModelNeed) -> str:
     """The ``[[models]]`` TOML to add for a need that carries a URL."""
-    lines = [
-        "[[models]]",
-        f"url = {json.dumps(need.url)}",
-        f"folder = {json.dumps(need.directory or need.key)}",
-    ]
-    if "/" not in need.filename:
-        lines.append(f"filename = {json.dumps(need.filename)}")
+    folder = need.directory or need.key
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", folder) or ".." in folder:
+        folder = need.key  # a workflow's directory is only echoed when it is a plain name
+    lines = ["[[models]]", f"url = {json.dumps(need.url)}", f"folder = {json.dumps(folder)}"]
+    subfolder, _, name = need.filename.rpartition("/")
+    if subfolder:  # "SDXL/x.safetensors": ComfyUI lists a file in a subfolder so
+        lines.append(f"subfolder = {json.dumps(subfolder)}")
+    lines.append(f"filename = {json.dumps(name)}")
     if need.sha256:
         lines.append(f'sha256 = "{need.sha256}"')
     return "\n".join(lines)
@@ -396,49 +397,3 @@ def install_workflows(manifest: Manifest, root: Path) -> list[Path]:
             write_atomic(dest, payload, fsync=False)
         installed.append(dest)
     return installed
-
-
-# --- import --------------------------------------------------------------------------------
-
-
-def manifest_from_workflow(path: str | Path) -> dict[str, Any]:
-    """A manifest (as a dict, ready for TOML) providing every model the workflow lists with a URL.
-
-    Models named only by a loader widget (no URL in ``properties.models``) cannot be fetched;
-    they are listed by :func:`unresolved_models` so the caller can tell the user.
-    """
-    path = Path(path)
-    workflow = load_workflow(path)
-    models: list[dict[str, Any]] = []
-    extra: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    for need in model_needs(workflow):
-        if not need.url or (need.key, need.filename) in seen:
-            continue
-        seen.add((need.key, need.filename))
-        folder = need.directory or need.key
-        entry: dict[str, Any] = {"url": need.url, "folder": folder}
-        if "/" not in need.filename:
-            entry["filename"] = need.filename
-        if need.sha256:
-            entry["sha256"] = need.sha256
-        if folder not in CORE_FOLDERS and folder not in FOLDER_ALIASES and folder not in extra:
-            extra.append(folder)
-        models.append(entry)
-    manifest: dict[str, Any] = {"version": 1}
-    if extra:
-        manifest["comfyui"] = {"extra_folders": extra}
-    manifest["models"] = models
-    manifest["workflows"] = [{"path": str(path)}]
-    return manifest
-
-
-def unresolved_models(path: str | Path) -> list[str]:
-    """Models the workflow needs that carry no URL (``node 4 (VAELoader) needs vae/x``)."""
-    workflow = load_workflow(Path(path))
-    with_url = {(n.key, n.filename) for n in model_needs(workflow) if n.url}
-    return [
-        n.describe()
-        for n in model_needs(workflow)
-        if not n.url and (n.key, n.filename) not in with_url
-    ]
