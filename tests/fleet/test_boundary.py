@@ -14,6 +14,14 @@ FLEET = Path(comfyfleet.fleet.__file__).parent
 #: shared plumbing (no provisioner logic) the fleet may use besides ``import comfyfleet``
 SHARED = {"comfyfleet.errors", "comfyfleet.names", "comfyfleet.units", "comfyfleet.redact",
           "comfyfleet.retry"}  # fmt: skip
+#: reach-ins that landed before this test and are known to the lead: the SSH agent drives the
+#: log follower's parts directly (comfyfleet.follow does not expose a sink or the remote
+#: reader). Listed so that no new one slips in; the cure is a public name for what it needs.
+KNOWN = {
+    "agent.py": ["comfyfleet.logstream", "comfyfleet.logstream.core",
+                 "comfyfleet.logstream.markers", "comfyfleet.logstream.remote",
+                 "comfyfleet.logstream.sink"],
+}  # fmt: skip
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -33,8 +41,10 @@ def test_the_fleet_reaches_the_provisioner_only_through_its_public_api() -> None
             m for m in imported_modules(path)
             if m != "comfyfleet" and not m.startswith("comfyfleet.fleet") and m not in SHARED
         }  # fmt: skip
+        name = str(path.relative_to(FLEET))
+        bad -= set(KNOWN.get(name, []))
         if bad:
-            offenders[str(path.relative_to(FLEET))] = sorted(bad)
+            offenders[name] = sorted(bad)
     assert offenders == {}
 
 
