@@ -34,7 +34,6 @@ def serve(
 
     Stops on SIGTERM/SIGINT within seconds (exit 130); instances stay tracked, and the next
     `pool serve` adopts them."""
-    del listen
 
     def body() -> int:
         from comfyfleet.fleet.config import load_pool_config
@@ -49,6 +48,10 @@ def serve(
         from comfyfleet.fleet.store import Store
 
         cfg = load_pool_config(config)
+        # (wave2: fleet-replicas) SQLite: one serve per store file, refused before anything else
+        from comfyfleet.fleet.leader import lead, single_replica
+
+        replica_lock = single_replica(cfg.store_url)
         manifest = load_pool_manifest(cfg)
         public_key = read_public_key(cfg)
         provider = build_provider(cfg)
@@ -66,8 +69,18 @@ def serve(
                 )
                 await check_models(manifest, root=cfg.base_dir)
                 stderr_log(f"pool {cfg.name}: manifest checked; serving (tick {cfg.pool.tick:g}s)")
-                service = PoolService(cfg, store, provider, ssh_public_key=public_key)
-                await service.serve()
+                # (wave2: fleet-replicas) one replica leads: the control loop runs on a store
+                # fenced by its epoch; a lost lead cancels it (see fleet/leader.py)
+                await lead(
+                    store,
+                    lambda fenced: PoolService(
+                        cfg, fenced, provider, ssh_public_key=public_key
+                    ).serve(),
+                    ttl=cfg.pool.leader_ttl,
+                    log=stderr_log,
+                    listen=listen,
+                    force_first=replica_lock is not None,
+                )
             finally:
                 await provider.aclose()
                 await store.close()
@@ -108,7 +121,12 @@ def status(
                         listing = await provider.list_instances()
                     finally:
                         await provider.aclose()
-                return status_document(cfg, rows, pool, listing, now=time.time())
+                doc = status_document(cfg, rows, pool, listing, now=time.time())
+                # (wave2: fleet-replicas) the replicas, who leads since when, the epoch
+                from comfyfleet.fleet.leader import replica_status
+
+                doc.update(await replica_status(store.engine, cfg.name, cfg.pool.leader_ttl))
+                return doc
             finally:
                 await store.close()
 
@@ -119,7 +137,10 @@ def status(
             _print_status(doc)
         return 0
 
-    run(body, json_doc={"instances": [], "spend_per_hour": None} if json_out else None)
+    run(
+        body,
+        json_doc={"instances": [], "spend_per_hour": None, "replicas": []} if json_out else None,
+    )
 
 
 def status_document(
@@ -185,6 +206,12 @@ def _print_status(doc: dict[str, Any]) -> None:
         print(escape_controls(line))
     for u in doc.get("untracked", []):
         print(escape_controls(f"  untracked {u['provider_id']} {u['label']} {u['status']}"))
+    if "replicas" in doc:  # (wave2: fleet-replicas)
+        print(f"epoch {doc['epoch']}: {len(doc['replicas'])} replica(s)")
+        for r in doc["replicas"]:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["since"]))
+            role = "leader " if r["leader"] else "standby"
+            print(escape_controls(f"  {role} {r['id']}  since {since} UTC  {r['listen'] or ''}"))
 
 
 def _age(seconds: float) -> str:
