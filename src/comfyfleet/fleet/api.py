@@ -262,9 +262,16 @@ async def require_operator(
 ) -> ApiContext:
     """FastAPI dependency: the operator's bearer token (401 otherwise); gives the context."""
     ctx = _context(request)
-    if not _is_operator(ctx, creds):
+    if not (_is_operator(ctx, creds) or _dashboard_cookie(request, ctx)):
         raise _unauthorized()
     return ctx
+
+
+def _dashboard_cookie(request: Request, ctx: ApiContext) -> bool:  # (wave2: fleet-dashboard)
+    """The dashboard's HttpOnly token cookie (+ its CSRF header on a state change)."""
+    from comfyfleet.fleet.web.auth import cookie_operator
+
+    return cookie_operator(request, ctx.operator_token)
 
 
 @dataclass(frozen=True)
@@ -279,7 +286,8 @@ async def _operator_or_lease(
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> _LeaseAccess:
     ctx = _context(request)
-    operator = _is_operator(ctx, creds)
+    # (wave2: fleet-dashboard) the dashboard's cookie counts as the operator's token
+    operator = _is_operator(ctx, creds) or _dashboard_cookie(request, ctx)
     if creds is None and not operator:
         raise _unauthorized()
     found = await leases.get(ctx.store, lease_id)
@@ -533,6 +541,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """Prometheus metrics (operator token)."""
         return Response(await ctx.metrics.render(ctx.store), media_type=CONTENT_TYPE)
 
+    from comfyfleet.fleet.web import mount  # (wave2: fleet-dashboard) the dashboard at /
+
+    mount(app, ctx)  # (wave2: fleet-dashboard)
     return app
 
 
@@ -591,6 +602,9 @@ class _Server:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             self.server.should_exit = True
+            dashboard = getattr(self.server.config.app.state, "dashboard", None)
+            if dashboard is not None:  # (wave2: fleet-dashboard) its SSE streams end first
+                dashboard.hub.end_streams()
             with contextlib.suppress(Exception):
                 await task
             raise
