@@ -22,6 +22,7 @@ from sshd import SSHD, SshServer, free_port
 
 from .conftest import make_ready
 
+
 @pytest.fixture(scope="module")
 def sshd() -> Iterator[SshServer]:
     if not Path(SSHD).exists() or os.geteuid() != 0:  # pragma: no cover

@@ -355,7 +355,7 @@ async def release(
     if row is not None:
         try:
             await remove_lease_key(ctx, row, lease.id)
-        except LeaseKeyError as exc:
+        except Exception as exc:  # the lease has ended in the store; the flow runs regardless
             ctx.log(f"{row.id}: lease key not removed ({exc}); the release flow still runs")
         if ctx.on_release is not None:
             await ctx.on_release(row.id, reason)
@@ -629,28 +629,30 @@ async def serve_api(ctx: ApiContext, sock: socket.socket, app: FastAPI | None = 
         tg.create_task(_Server(app).serve(sock))
 
 
-def service_context(cfg: Any, store: Store, service: Any, token: str) -> ApiContext:
-    """The API context of ``pool serve``: keys over SSH with the pool's key, the release
-    flow and destroys through the service."""
+def service_context(
+    cfg: Any, store: Store, provider: Any, leading: list[Any], token: str
+) -> ApiContext:
+    """The API context of ``pool serve``: keys over SSH with the pool's key; release flows
+    and destroys through ``leading`` (the service of this replica while it leads, else
+    empty: the leader's loop finds the row in ``releasing``)."""
     from comfyfleet.fleet.config import LocalProvider, SshProvider, VastProvider
 
-    provider = cfg.provider
+    section = cfg.provider
     # ssh hosts: the operator's known_hosts; created instances: the key pinned per instance id
-    host_keys = None if isinstance(provider, SshProvider) else _pinned_host_keys(store)
+    host_keys = None if isinstance(section, SshProvider) else _pinned_host_keys(store)
 
     def login_key(row: InstanceRow) -> Any:
-        if isinstance(provider, VastProvider):
-            return cfg.resolve(provider.ssh_key)
-        if isinstance(provider, SshProvider):
-            for h in provider.hosts:
-                # (the host's own key, else the agent's default keys)
+        if isinstance(section, VastProvider):
+            return cfg.resolve(section.ssh_key)
+        if isinstance(section, SshProvider):
+            for h in section.hosts:  # the host's own key, else the default keys
                 if (h.host, h.port) == (row.ssh_host, row.ssh_port) and h.key is not None:
                     return cfg.resolve(h.key)
         return None
 
     known = (
-        cfg.resolve(provider.known_hosts)
-        if isinstance(provider, SshProvider) and provider.known_hosts
+        cfg.resolve(section.known_hosts)
+        if isinstance(section, SshProvider) and section.known_hosts
         else None
     )
     port = cfg.pool.comfyui_port
@@ -659,26 +661,32 @@ def service_context(cfg: Any, store: Store, service: Any, token: str) -> ApiCont
         return port if isinstance(port, int) else 8188
 
     def local_url(row: InstanceRow) -> str | None:
-        if not isinstance(provider, LocalProvider) or row.provider_id is None:
+        if not isinstance(section, LocalProvider) or row.provider_id is None:
             return None
-        slot = service.provider.slot(row.provider_id)
+        slot = provider.slot(row.provider_id)
         return slot.url if slot is not None else None
 
     async def destroy(row_id: str, reason: str) -> None:
-        await service._destroy(row_id, None, reason, set())
+        if not leading:
+            raise HTTPException(503, "this replica does not lead the pool; ask the leader")
+        await leading[0]._destroy(row_id, None, reason, set())
 
     async def on_release(row_id: str, reason: str) -> None:
-        flow = getattr(service, "release_flow", None)  # fleet-provisioning's on_release
+        if not leading:
+            return  # the leader's loop runs the release flow of rows in releasing
+        flow = getattr(leading[0], "release_flow", None)  # fleet-provisioning's on_release
         if flow is not None:
             await flow(row_id, reason)
         else:
-            await destroy(row_id, reason)
+            await leading[0]._destroy(row_id, None, reason, set())
+
+    from comfyfleet.fleet.service import stderr_log
 
     return ApiContext(
         store=store, operator_token=token, lease_ttl=cfg.pool.lease_ttl,
         keys=SshKeyInstaller(login_key, host_keys, known_hosts=known),
         comfyui_port=comfyui_port, local_url=local_url, on_release=on_release,
-        destroy=destroy, log=service.log, metrics=default_metrics(),
+        destroy=destroy, log=stderr_log, metrics=default_metrics(),
         sweep_interval=min(5.0, max(0.2, cfg.pool.lease_ttl / 10)),
     )  # fmt: skip
 
