@@ -19,6 +19,7 @@ from vastdouble import VastDouble
 from comfyfleet.fleet.leader import LeaderRow, read_leader
 from comfyfleet.fleet.store import Store
 
+API_TOKEN = "replica-tests-operator-token-0123456789abcdef"
 TTL = 2.0  # leader_ttl of the test pools: a handover takes about this long
 #: the bound a handover must meet: the lease runs out, a standby polls, takes it
 HANDOVER_BOUND = TTL + 6.0
@@ -38,6 +39,10 @@ class Replica(PoolRun):
         kw.setdefault("extra_pool", f'leader_ttl = "{TTL:g}s"\n')
         super().__init__(tmp, double, store_url, **kw)
         self.listen = f"127.0.0.1:{free_port()}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        # the lease API's operator token (every replica serves the API)
+        return super().env(**{"COMFYFLEET_API_TOKEN": API_TOKEN, **extra})
 
     def start(self, **env: str) -> subprocess.Popen[bytes]:
         assert self.proc is None or self.proc.poll() is not None
