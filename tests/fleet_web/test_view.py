@@ -84,3 +84,11 @@ def test_totals_count_states_and_the_spend_since_midnight() -> None:
 def test_the_csrf_token_is_not_the_token() -> None:
     assert csrf_token("secret") != "secret" and "secret" not in csrf_token("secret")
     assert csrf_token("secret") == csrf_token("secret") != csrf_token("other")
+
+
+def test_age_changes_once_a_minute() -> None:
+    from comfyfleet.fleet.web.view import age_text
+
+    assert [age_text(s) for s in (0, 59.9, 60, 3599, 3600, 7500)] == [
+        "<1m", "<1m", "1m", "59m", "1h00m", "2h05m",
+    ]  # fmt: skip

@@ -11,6 +11,7 @@ import asyncio
 import codecs
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ INTERVAL = 0.25
 TAIL = 32 * 1024
 #: messages a slow subscriber may lag behind before it is dropped (its browser reconnects)
 BACKLOG = 256
+#: recent messages kept for a page that subscribes a moment after it was rendered
+HISTORY = 64
 
 
 @dataclass
@@ -74,17 +77,30 @@ class Hub:
         self._subs: set[asyncio.Queue[str]] = set()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        #: the number of passes that changed something (a page says which one it shows)
+        self.version = 0
+        self._history: deque[tuple[int, str]] = deque(maxlen=HISTORY)
 
     # --- subscribers ------------------------------------------------------------------------
 
-    def subscribe(self) -> asyncio.Queue[str]:
-        """A queue of messages (HTML fragments); its first one is the whole current view."""
+    def subscribe(self, since: int | None = None) -> asyncio.Queue[str]:
+        """A queue of messages (HTML fragments). A page rendered at version ``since`` first
+        gets what changed after it; any other subscriber, the whole current view."""
         q: asyncio.Queue[str] = asyncio.Queue(BACKLOG)
-        q.put_nowait(self.snapshot())
+        first = self._since(since)
+        if first:
+            q.put_nowait(first)
         self._subs.add(q)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="dashboard-hub")
         return q
+
+    def _since(self, since: int | None) -> str:
+        if since == self.version:
+            return ""  # the page is current: re-sending 200 rows would block it for nothing
+        if since is not None and self._history and since >= self._history[0][0] - 1:
+            return "".join(m for v, m in self._history if v > since)
+        return self.snapshot()
 
     def unsubscribe(self, q: asyncio.Queue[str]) -> None:
         """Stop sending to ``q`` (the loop stops with the last subscriber)."""
@@ -150,6 +166,9 @@ class Hub:
         """One pass: read, diff, broadcast; returns the message sent ("" when nothing changed)."""
         async with self._lock:
             message = await self._pass()
+            if message:
+                self.version += 1
+                self._history.append((self.version, message))
         if message:
             self._broadcast(message)
         return message

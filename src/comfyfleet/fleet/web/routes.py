@@ -79,6 +79,7 @@ class Dashboard:
                 pool=self.pool,
                 csrf=csrf_token(self.token),
                 items=self.hub.items(),
+                version=self.hub.version,
                 totals_html=self.hub.totals_html(),
             )
             return HTMLResponse(html, headers=_headers())
@@ -110,7 +111,9 @@ class Dashboard:
         async def events(request: Request) -> Response:
             if not cookie_operator(request, self.token):
                 return Response(status_code=401, headers=_headers())
-            return EventSourceResponse(self._stream(), ping=15, headers=_headers())
+            since = request.query_params.get("since", "")
+            version = int(since) if since.isdigit() and len(since) < 12 else None
+            return EventSourceResponse(self._stream(version), ping=15, headers=_headers())
 
         @r.get("/ui/static/{name}")
         async def static(name: str) -> Response:
@@ -122,8 +125,8 @@ class Dashboard:
 
         return r
 
-    async def _stream(self) -> AsyncIterator[dict[str, str]]:
-        q = self.hub.subscribe()
+    async def _stream(self, since: int | None) -> AsyncIterator[dict[str, str]]:
+        q = self.hub.subscribe(since)
         try:
             while True:
                 message = await q.get()

@@ -122,6 +122,17 @@ class InstanceView:
         return f"{format_size(self.speed)}/s" if self.speed > 0 else ""
 
 
+def age_text(seconds: float) -> str:
+    """``<1m``, ``12m`` or ``3h05m``: minutes at most, so a row changes once a minute, not
+    on every pass (200 rows re-rendered each pass would keep the browser busy)."""
+    minutes = int(max(0.0, seconds) // 60)
+    if minutes < 1:
+        return "<1m"
+    if minutes < 60:
+        return f"{minutes}m"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
 def instance_view(
     row: InstanceRow, progress: Progress | None, speed: float, phase: str | None, now: float
 ) -> InstanceView:
@@ -138,7 +149,7 @@ def instance_view(
         bytes_total=progress.bytes_total if progress else 0,
         speed=speed if provisioning else 0.0,
         dph=row.dph,
-        age=format_duration(max(0.0, now - row.created_at)),
+        age=age_text(now - row.created_at),
         lease_id=row.lease_id or "",
         reason=row.failure_reason or "",
     )

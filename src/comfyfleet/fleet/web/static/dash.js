@@ -34,8 +34,16 @@
     if (atEnd) pre.scrollTop = pre.scrollHeight;
   }
 
-  const events = new EventSource("/ui/events");
-  events.addEventListener("swap", (e) => swap(e.data));
+  // since: the version this page was rendered at (the stream sends only what came after)
+  const since = document.querySelector('meta[name="version"]').content;
+  const events = new EventSource(`/ui/events?since=${encodeURIComponent(since)}`);
+  // messages that arrive within one frame are swapped in together, once per frame
+  let queued = [];
+  events.addEventListener("swap", (e) => {
+    if (queued.push(e.data) === 1) {
+      requestAnimationFrame(() => { const q = queued; queued = []; q.forEach(swap); });
+    }
+  });
   events.addEventListener("open", () => { live.textContent = "live"; });
   events.addEventListener("error", () => { live.textContent = "reconnecting…"; });
 
