@@ -177,3 +177,41 @@ def test_serve_refuses_to_start_without_the_token_and_serves_the_api_with_it(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_provider_errors_by_kind_and_orphans_destroyed_are_counted(tmp_path, double):
+    from comfyfleet.fleet.config import load_pool_config
+    from comfyfleet.fleet.errors import ProviderError
+    from comfyfleet.fleet.metrics import FleetMetrics, meter_provider
+    from comfyfleet.fleet.providers.vast import VastProvider as Vast
+    from comfyfleet.fleet.startup import build_provider
+    from comfyfleet.fleet.store import Store
+
+    run = PoolRun(tmp_path, double, f"sqlite:///{tmp_path / 'pool.db'}", min_ready=0)
+    os.environ["VAST_API_KEY"] = double.api_key
+    try:
+        cfg = load_pool_config(run.config)
+        provider = build_provider(cfg)
+    finally:
+        del os.environ["VAST_API_KEY"]
+    store = await Store.open(cfg.store_url, pool=cfg.name)
+    metrics = FleetMetrics()
+    try:
+        assert meter_provider(provider, store, metrics) is provider
+        assert isinstance(provider, Vast)  # still what it was
+        orphan = double.add_foreign(label="comfyfleet-sdxl-0123456789ab",
+                                    env={"COMFYFLEET_POOL": "sdxl"})  # fmt: skip
+        await provider.destroy(str(orphan.id), label=orphan.label)
+        assert metrics.orphans._value.get() == 1
+        double.faults.next("*", "html", count=20)
+        try:
+            await provider.list_instances()
+        except ProviderError as exc:
+            kind = type(exc).__name__
+        else:
+            raise AssertionError("the html answer was accepted")
+        assert metrics.provider_errors.labels(kind=kind)._value.get() >= 1
+    finally:
+        double.faults.clear()
+        await provider.aclose()
+        await store.close()

@@ -56,6 +56,7 @@ def serve(
         import asyncio
 
         from comfyfleet.fleet.api import bind, operator_token_from_env, serve_api, service_context
+        from comfyfleet.fleet.metrics import meter_provider
 
         api_token = operator_token_from_env()
         api_sock = bind(listen or cfg.api.listen)
@@ -91,6 +92,7 @@ def serve(
                         leading.clear()
 
                 ctx = service_context(cfg, store, provider, leading, api_token)
+                meter_provider(provider, store, ctx.metrics)  # errors by kind, orphans
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(serve_api(ctx, api_sock))
                     tg.create_task(

@@ -2,13 +2,13 @@
 
 Gauges (instances by state, spend per hour) are read from the store at each scrape; the
 histograms and counters are observed where things happen: the lease wait in the lease
-broker, time to ready when an instance gets its standby key, orphans and provider errors
-through :func:`default_metrics` (the service loop's hooks).
+broker, time to ready when an instance gets its standby key, orphans destroyed and provider
+errors by kind by :func:`meter_provider` around the pool's provider.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -75,3 +75,41 @@ def default_metrics() -> FleetMetrics:
     if not _DEFAULT:
         _DEFAULT.append(FleetMetrics())
     return _DEFAULT[0]
+
+
+def meter_provider(provider: Any, store: Store, metrics: FleetMetrics) -> Any:
+    """Count ``provider``'s failed calls by error kind and its destroys of untracked (orphan)
+    instances. The calls are wrapped on the object itself, so it stays what it is
+    (``isinstance`` checks of the provider still hold)."""
+    from comfyfleet.fleet.errors import ProviderError
+
+    def counted(name: str) -> None:
+        call = getattr(provider, name)
+
+        async def wrapper(*args: Any, **kw: Any) -> Any:
+            try:
+                return await call(*args, **kw)
+            except ProviderError as exc:
+                metrics.provider_errors.labels(kind=type(exc).__name__).inc()
+                raise
+
+        setattr(provider, name, wrapper)
+
+    for name in ("list_instances", "search_offers", "create", "get"):
+        if hasattr(provider, name):
+            counted(name)
+    destroy = provider.destroy
+
+    async def metered_destroy(provider_id: str, **kw: Any) -> Any:
+        tracked = any(r.provider_id == provider_id for r in await store.live())
+        try:
+            result = await destroy(provider_id, **kw)
+        except ProviderError as exc:
+            metrics.provider_errors.labels(kind=type(exc).__name__).inc()
+            raise
+        if not tracked:
+            metrics.orphans.inc()
+        return result
+
+    provider.destroy = metered_destroy
+    return provider
