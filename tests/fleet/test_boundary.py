@@ -14,6 +14,10 @@ FLEET = Path(comfyfleet.fleet.__file__).parent
 #: shared plumbing (no provisioner logic) the fleet may use besides ``import comfyfleet``
 SHARED = {"comfyfleet.errors", "comfyfleet.names", "comfyfleet.units", "comfyfleet.redact",
           "comfyfleet.retry"}  # fmt: skip
+#: the `logs follow` library, which the fleet's SSH agent follows provisions with (issue 12)
+#: (wave2: fleet-provisioning)
+SHARED |= {"comfyfleet.logstream", "comfyfleet.logstream.core", "comfyfleet.logstream.markers",
+           "comfyfleet.logstream.remote", "comfyfleet.logstream.sink"}  # fmt: skip
 
 
 def imported_modules(path: Path) -> set[str]:
