@@ -180,3 +180,52 @@ async def test_failed_provision_is_logged_destroyed_and_replaced_with_backoff(
         assert first.provider_id not in {str(i.id) for i in double.live()}
     finally:
         await store.close()
+
+
+async def test_reprovision_on_release_wipes_output_and_comes_back_ready(
+    tmp_path, double, machines, world
+):
+    config, store, provider, service, task, _lines = await start(
+        tmp_path, double, machines, world.manifest_path,
+        min_ready=1, max_instances=1, on_release="reprovision",
+    )  # fmt: skip
+    try:
+
+        async def one_in(state):
+            rows = [r for r in await store.live() if r.state is state]
+            return rows[0] if rows else None
+
+        row = await wait_for(lambda: one_in(State.READY), 240, "a ready instance")
+        machine = machines.made[row.provider_id]
+        comfy = machine.home / "workspace" / "ComfyUI"
+        lessee_file = comfy / "output" / "lessee.png"
+        for d in ("output", "user"):
+            (comfy / d).mkdir(exist_ok=True)
+        lessee_file.write_bytes(b"the last user's picture")
+        (comfy / "user" / "settings.json").write_text("{}")
+        for p in (comfy / "output", comfy / "user", lessee_file, comfy / "user" / "settings.json"):
+            os.chown(p, machine.uid, machine.uid)  # the lessee's files, as the lessee made them
+        # the lease API's part: leased, then released (the store moves; it calls the flow)
+        assert await store.transition(row.id, State.READY, State.LEASED, reason="test lease")
+        assert await store.transition(row.id, State.LEASED, State.RELEASING, reason="released")
+        await service.release_flow(row.id, "released by the test")
+
+        async def ready_again():
+            got = await store.get(row.id)
+            run = await logstore.current_run(store, row.id)
+            return got.state is State.READY and run.run_id == "r2" and got
+
+        await wait_for(ready_again, 240, "the instance to be ready again after r2")
+    finally:
+        await stop(store, provider, task)
+    assert not lessee_file.exists() and not (comfy / "user" / "settings.json").exists()
+    store = await Store.open(config.store_url, pool=config.name)
+    try:
+        states = [t.to_state for t in await store.history(row.id)]
+        assert states[-4:] == [State.LEASED, State.RELEASING, State.PROVISIONING, State.READY]
+        assert len(await store.rows(include_final=True)) == 1  # the same machine, not a new one
+    finally:
+        await store.close()
+    r2 = (tmp_path / "logs" / row.id / "r2" / "provision.log").read_bytes()
+    assert r2 == remote_log(machine.home) and r2.rstrip(b"\n").endswith(DONE)
+    assert (tmp_path / "logs" / row.id / "provision.log").resolve().parent.name == "r2"

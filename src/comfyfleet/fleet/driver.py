@@ -20,7 +20,13 @@ import asyncssh
 
 from comfyfleet.errors import ComfyfleetError, HostKeyError
 from comfyfleet.fleet import hostkeys, logstore
-from comfyfleet.fleet.agent import AgentError, AgentOptions, Endpoint, ProvisionAgent, ProvisionRun
+from comfyfleet.fleet.agent import (
+    AgentError,
+    AgentOptions,
+    Endpoint,
+    ProvisionAgent,
+    ProvisionRun,
+)
 from comfyfleet.fleet.config import PoolConfig, SshProvider, VastProvider
 from comfyfleet.fleet.providers.base import Provider
 from comfyfleet.fleet.store import InstanceRow, Store
@@ -91,6 +97,28 @@ class ProvisionDriver:
         )
         return Outcome(ready, reason, run.run_id)
 
+    async def prepare_reprovision(self, row: InstanceRow) -> str:
+        """Record the next run (before the wipe and the restart of provisioning): a restarted
+        control plane then reprovisions instead of taking the last run's outcome again."""
+        run = await logstore.current_run(self.store, row.id)
+        if run is not None and run.outcome is None:
+            return run.run_id  # recorded already (a release flow interrupted and re-run)
+        return (await logstore.begin_run(self.store, row.id)).run_id
+
+    async def wipe(self, row: InstanceRow) -> None:
+        """Stop ComfyUI and wipe its output/, input/ and user data on the instance."""
+        spec = self.config.provider
+        operator = isinstance(spec, SshProvider)
+        known = self.config.resolve(spec.known_hosts) if operator and spec.known_hosts else None
+        policy = await hostkeys.policy_for(
+            self.store, row.id, operator_known_hosts=known, operator=operator
+        )
+        agent = ProvisionAgent(row.id, self.endpoint(row), policy)
+        try:
+            await agent.wipe(self.config.pool.instance_root)
+        finally:
+            await agent.close()
+
     # --- kind local ------------------------------------------------------------------------
 
     async def _local(self, row: InstanceRow, sinks: logstore.StoreRunSinks) -> tuple[bool, str]:
@@ -148,6 +176,10 @@ class ProvisionDriver:
                     pinned = await hostkeys.pin_key(self.store, row.id, key)
                     if pinned != key:  # another replica pinned another key first
                         return False, "host key changed since the first contact"
+                # (wave2: fleet-replicas) the dead-man's switch, armed before provision starts
+                from comfyfleet.fleet import deadman
+
+                await deadman.arm(self, row, agent)
                 result = await agent.provision(
                     run, sinks, on_progress=lambda p: sinks.set_progress(p.to_json())
                 )

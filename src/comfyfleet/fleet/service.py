@@ -135,6 +135,8 @@ class PoolService:
         self._group: asyncio.TaskGroup | None = None
         #: the provisioning task of each instance (at most one)
         self.provisions: dict[str, asyncio.Task[None]] = {}
+        #: the release flow of each instance in ``releasing`` (at most one)
+        self.releases: dict[str, asyncio.Task[None]] = {}
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -144,6 +146,10 @@ class PoolService:
         n = 0
         async with asyncio.TaskGroup() as group:
             self._group = group
+            # (wave2: fleet-replicas) the leader renews the dead-man's switch heartbeats
+            from comfyfleet.fleet import deadman
+
+            group.create_task(deadman.keep_alive(self.driver, self.store))
             try:
                 while ticks is None or n < ticks:
                     started = time.monotonic()
@@ -154,7 +160,7 @@ class PoolService:
                         await asyncio.sleep(max(0.0, pause))
             finally:
                 self._group = None
-                for task in self.provisions.values():
+                for task in [*self.provisions.values(), *self.releases.values()]:
                     task.cancel()
 
     async def tick(self) -> TickReport:
@@ -244,11 +250,55 @@ class PoolService:
             elif row is None or row.state is not S.PROVISIONING:
                 task.cancel()
                 del self.provisions[row_id]
+        for row_id, task in list(self.releases.items()):
+            if task.done():
+                del self.releases[row_id]
         for row in rows.values():
             if row.state is S.PROVISIONING and row.id not in self.provisions:
                 self.provisions[row.id] = self._group.create_task(
                     self._provision(row), name=f"provision {row.id}"
                 )
+            elif row.state is S.RELEASING:
+                await self.release_flow(row.id, "released")
+
+    async def release_flow(self, row_id: str, reason: str) -> None:
+        """Start the release flow of an instance in ``releasing`` (the lease API calls it once
+        the lease has ended; the loop calls it for rows found in ``releasing``)."""
+        if self._group is None or row_id in self.releases:
+            return  # not serving (the next serve's loop runs it) or running already
+        self.releases[row_id] = self._group.create_task(
+            self._release(row_id, reason), name=f"release {row_id}"
+        )
+
+    async def _release(self, row_id: str, reason: str) -> None:
+        """on_release: destroy, or wipe and provision again (ssh hosts: wipe, then release)."""
+        row = await self.store.get(row_id)
+        if row is None or row.state is not S.RELEASING:
+            return
+        mode = self.config.pool.on_release
+        wipe_first = mode == "reprovision" or self.provider.kind == "ssh"
+        if self.provider.kind == "local" or not wipe_first:
+            # a local slot is stopped and freed by its destroy; a new one is provisioned fresh
+            await self._destroy(row_id, None, f"{reason} (on_release = destroy)", set())
+            return
+        try:
+            if mode == "reprovision":
+                await self.driver.prepare_reprovision(row)
+            await self.driver.wipe(row)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never hand an unwiped machine on
+            why = f"wipe after release failed: {escape_controls(str(exc))[:300]}"
+            self.log(f"{row_id}: {why}; destroying it")
+            await self._destroy(row_id, None, why, set())
+            return
+        if mode != "reprovision":
+            await self._destroy(row_id, None, f"{reason} (wiped, host released)", set())
+            return
+        if await self.store.transition(
+            row_id, S.RELEASING, S.PROVISIONING, reason=f"{reason}: wiped; provisioning again"
+        ):
+            self.log(f"{row_id}: released and wiped; provisioning again")
 
     async def _provision(self, row: InstanceRow) -> None:
         """Provision ``row``; ready on success, failed (then destroyed, replaced) otherwise."""
@@ -452,6 +502,10 @@ class PoolService:
         await self.store.transition(
             row.id, S.CREATING, S.BOOTING, reason="created", provider_id=created.provider_id
         )
+        if created.instance_api_key:  # (wave2: fleet-replicas) for the dead-man's switch
+            from comfyfleet.fleet import deadman
+
+            await deadman.remember_key(self.store, row.id, created.instance_api_key)
         self.log(f"{row.id}: created {created.provider_id} on offer {offer.offer_id}")
         return "created"
 
