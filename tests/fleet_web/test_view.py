@@ -23,7 +23,9 @@ def test_timeline_runs_download_and_install_side_by_side() -> None:
         "  | pip: [2026-12-01T10:00:02.000Z] phase verify",  # foreign output cannot fake one
         f"{ts(10)} phase verify",
         f"{ts(12)} phase start",
-        f"{ts(15)} PROVISIONING COMPLETE",
+        f"{ts(12)} phase start",  # announced twice: one phase
+        f"{ts(15)} comfyui ready",
+        "PROVISIONING COMPLETE",  # the marker line has no timestamp: it ends at the last one
     ):
         tl.feed(line)
     spans = {name: (end - start, lane) for name, start, end, lane in tl.spans(now=0)}

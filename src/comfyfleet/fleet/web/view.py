@@ -13,7 +13,8 @@ from comfyfleet.fleet.web.sources import Progress
 from comfyfleet.units import format_duration, format_size
 
 _PHASE_LINE = re.compile(r"^\[([0-9T:.\-]+Z)\] phase (\w+)\s*$")
-_END_LINE = re.compile(r"^\[([0-9T:.\-]+Z)\] (?:\S+ )?PROVISIONING (?:COMPLETE|FAILED)")
+_STAMP = re.compile(r"^\[([0-9T:.\-]+Z)\] ")
+_END_LINE = re.compile(r"^(?:\[[0-9T:.\-]+Z\] )?(?:\S+ )?PROVISIONING (?:COMPLETE|FAILED)")
 #: phases that run side by side (drawn on two lanes)
 PARALLEL = frozenset({"download", "install"})
 #: seconds of samples the speed is averaged over
@@ -33,20 +34,23 @@ class Timeline:
 
     starts: list[tuple[str, float]] = field(default_factory=list)
     end: float | None = None
+    last: float | None = None  # the latest timestamp seen (the marker line carries none)
 
     def feed(self, line: str) -> bool:
         """Take one log line; True when it changed the timeline."""
+        stamp = _STAMP.match(line)
+        if stamp:
+            self.last = _ts(stamp.group(1)) or self.last
         m = _PHASE_LINE.match(line)
-        if m:
-            at = _ts(m.group(1))
-            if at is not None:
-                if self.end is not None:  # a new run after an ended one
-                    self.starts, self.end = [], None
-                self.starts.append((m.group(2), at))
-                return True
-        m = _END_LINE.match(line)
-        if m and self.starts:
-            self.end = _ts(m.group(1))
+        if m and self.last is not None:
+            if self.end is not None:  # a new run after an ended one
+                self.starts, self.end = [], None
+            if self.starts and self.starts[-1][0] == m.group(2):
+                return False  # announced twice (the engine names its phase too)
+            self.starts.append((m.group(2), self.last))
+            return True
+        if _END_LINE.match(line) and self.starts and self.end is None:
+            self.end = self.last
             return True
         return False
 
