@@ -35,6 +35,17 @@ def _pid1_env(path):
     return out
 
 
+def _running(pidfile):
+    """The pid of a live watchdog recorded in ``pidfile``, else 0."""
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip() or 0)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return pid if b"watchdog" in f.read() else 0
+    except (OSError, ValueError):
+        return 0
+
+
 def _log(path, line):
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with open(path, "a", encoding="utf-8") as f:
@@ -70,6 +81,11 @@ def main():
     if not instance_id.isdigit() or not api_key:
         _log(log, "no instance id or key (stdin or PID 1's CONTAINER_ID/CONTAINER_API_KEY): off")
         return 2
+    pidfile = heartbeat + ".pid"
+    running = _running(pidfile)
+    if running:  # armed again (a restarted or new leader): one watchdog per instance
+        print(f"watchdog started (pid {running}, already running)", flush=True)
+        return 0
     with open(heartbeat, "a"):
         os.utime(heartbeat)  # the clock starts now
     if "--detach" in sys.argv[1:]:
@@ -82,6 +98,8 @@ def main():
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
+    with open(pidfile, "w") as f:
+        f.write(str(os.getpid()))
     _log(log, f"watching {heartbeat}: destroy instance {instance_id} after {timeout:g}s")
     delay = check_every
     while True:

@@ -33,8 +33,17 @@ def upgrade() -> None:
         sa.Column("seen_at", sa.Float, nullable=False),
     )
     op.create_index("ix_replicas_pool", "replicas", ["pool"])
+    # Vast's per-instance key (create answer), handed to the dead-man's switch at provision
+    # time by whichever replica leads then; a secret like the lease keys: never logged
+    op.create_table(
+        "instance_keys",
+        sa.Column("instance_id", sa.String(32), primary_key=True),
+        sa.Column("pool", sa.String(64), nullable=False),
+        sa.Column("api_key", sa.Text, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("instance_keys")
     op.drop_table("replicas")
     op.drop_table("leader")
