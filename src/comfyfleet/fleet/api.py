@@ -46,6 +46,8 @@ TOKEN_ENV = "COMFYFLEET_API_TOKEN"
 POLL_S = 0.25
 #: a lazy key attach that failed is retried after this long
 ATTACH_RETRY_S = 30.0
+#: most leases taken in one store transaction (requests that arrive together)
+BATCH_MAX = 64
 ID = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
@@ -108,6 +110,8 @@ class LeaseBroker:
         self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
         self._attach_failed: dict[str, float] = {}
+        self._batch: list[asyncio.Future[leases.Taken | None]] = []
+        self._batcher: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """An instance may have become ready: look again now."""
@@ -123,11 +127,38 @@ class LeaseBroker:
         return self._lock
 
     async def _take(self, instance_id: str | None) -> leases.Taken | None:
-        async with self._take_lock():
-            return await leases.take(
-                self.ctx.store, ttl=self.ctx.lease_ttl, now=self.ctx.clock(),
-                instance_id=instance_id,
-            )  # fmt: skip
+        if instance_id is not None:
+            async with self._take_lock():
+                return await leases.take(
+                    self.ctx.store, ttl=self.ctx.lease_ttl, now=self.ctx.clock(),
+                    instance_id=instance_id,
+                )  # fmt: skip
+        # any instance: requests that arrive while a take commits share the next one
+        future: asyncio.Future[leases.Taken | None] = asyncio.get_running_loop().create_future()
+        self._batch.append(future)
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.get_running_loop().create_task(self._take_batches())
+        return await future
+
+    async def _take_batches(self) -> None:
+        while self._batch:
+            batch, self._batch = self._batch[:BATCH_MAX], self._batch[BATCH_MAX:]
+            try:
+                async with self._take_lock():
+                    got = await leases.take_many(
+                        self.ctx.store, len(batch), ttl=self.ctx.lease_ttl, now=self.ctx.clock()
+                    )
+            except Exception as exc:
+                for future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for i, future in enumerate(batch):
+                taken = got[i] if i < len(got) else None
+                if not future.done():
+                    future.set_result(taken)
+                elif taken is not None:  # its request went away: the lease lapses unrenewed
+                    self.ctx.log(f"lease {taken.lease.id}: its request went away")
 
     async def _take_or_attach(self, instance_id: str | None) -> leases.Taken | None:
         taken = await self._take(instance_id)
@@ -693,9 +724,12 @@ def service_context(
 
 def _pinned_host_keys(store: Store) -> Callable[[InstanceRow], Awaitable[str | None]]:
     """The instance's host key as pinned at its first contact (fleet/hostkeys.py)."""
-    from comfyfleet.fleet import hostkeys
 
     async def pinned(row: InstanceRow) -> str | None:
+        try:
+            from comfyfleet.fleet import hostkeys  # fleet-provisioning's pins
+        except ImportError:  # not there yet: nothing is pinned, known_hosts is checked
+            return None
         return await hostkeys.pinned_key(store, row.id)
 
     return pinned

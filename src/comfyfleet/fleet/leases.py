@@ -188,7 +188,17 @@ async def take(
 ) -> Taken | None:
     """Lease one ready instance with a standby key (``instance_id``: that one only) in one
     transaction; None when none is ready."""
-    token = secrets.token_urlsafe(32)
+    got = await take_many(store, 1, ttl=ttl, now=now, instance_id=instance_id)
+    return got[0] if got else None
+
+
+async def take_many(
+    store: Store, count: int, *, ttl: float, now: float, instance_id: str | None = None
+) -> list[Taken]:
+    """Lease up to ``count`` ready instances (oldest ready first) in ONE transaction: the
+    requests that arrive together share one commit (one fsync) instead of queueing for one
+    each."""
+    taken: list[Taken] = []
     async with _engine(store).begin() as conn:
         await _lock_writer(conn, store)
         query = (
@@ -200,30 +210,30 @@ async def take(
                 lease_keys.c.state == "standby",
             )
             .order_by(instances.c.state_since, instances.c.id)
-            .limit(1)
+            .limit(count)
         )
         if instance_id is not None:
             query = query.where(instances.c.id == instance_id)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True, of=instances)
-        found = (await conn.execute(query)).first()
-        if found is None:
-            return None
-        row_id, lease_id, private_key = found
-        if not await _move(
-            conn, row_id, State.READY, State.LEASED, now, f"lease {lease_id}", lease_id=lease_id
-        ):
-            return None
-        await conn.execute(
-            update(lease_keys).where(lease_keys.c.lease_id == lease_id).values(state="leased")
-        )
-        values = {
-            "id": lease_id, "pool": store.pool, "instance_id": row_id,
-            "token_sha256": token_digest(token), "state": "active", "created_at": now,
-            "expires_at": now + ttl, "ended_at": None, "ended_reason": None,
-        }  # fmt: skip
-        await conn.execute(insert(leases).values(**values))
-    return Taken(_lease(values), token, private_key)
+        for row_id, lease_id, private_key in (await conn.execute(query)).all():
+            if not await _move(
+                conn, row_id, State.READY, State.LEASED, now, f"lease {lease_id}",
+                lease_id=lease_id,
+            ):  # fmt: skip
+                continue
+            await conn.execute(
+                update(lease_keys).where(lease_keys.c.lease_id == lease_id).values(state="leased")
+            )
+            token = secrets.token_urlsafe(32)
+            values = {
+                "id": lease_id, "pool": store.pool, "instance_id": row_id,
+                "token_sha256": token_digest(token), "state": "active", "created_at": now,
+                "expires_at": now + ttl, "ended_at": None, "ended_reason": None,
+            }  # fmt: skip
+            await conn.execute(insert(leases).values(**values))
+            taken.append(Taken(_lease(values), token, private_key))
+    return taken
 
 
 async def get(store: Store, lease_id: str) -> tuple[Lease, str] | None:
