@@ -713,13 +713,17 @@ def service_context(
 
     from comfyfleet.fleet.service import stderr_log
 
-    return ApiContext(
+    ctx = ApiContext(
         store=store, operator_token=token, lease_ttl=cfg.pool.lease_ttl,
         keys=SshKeyInstaller(login_key, host_keys, known_hosts=known),
         comfyui_port=comfyui_port, local_url=local_url, on_release=on_release,
         destroy=destroy, log=stderr_log, metrics=default_metrics(),
         sweep_interval=min(5.0, max(0.2, cfg.pool.lease_ttl / 10)),
     )  # fmt: skip
+    # (wave2: fleet-dashboard) local slots' status.json: the dashboard's download progress
+    # (wave2: fleet-api) ``section`` is the config (with base_dir); ``provider`` is the object
+    ctx.local_base = cfg.resolve(section.base_dir) if isinstance(section, LocalProvider) else None  # type: ignore[attr-defined]
+    return ctx
 
 
 def _pinned_host_keys(store: Store) -> Callable[[InstanceRow], Awaitable[str | None]]:
