@@ -143,3 +143,16 @@ async def _until(predicate, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < end, "timed out"
         await asyncio.sleep(0.01)
+
+
+async def test_the_leading_replica_attaches_keys_to_ready_instances_unasked(start_api, sqlite_url):
+    api = await start_api(sqlite_url, attaches_keys=lambda: True)
+    [row] = await make_ready(api.store, 1, key=False)
+    deadline = time.monotonic() + 10
+    while await leases.ready_without_key(api.store):  # attached and recorded, unasked
+        assert time.monotonic() < deadline, "no key was attached"
+        await asyncio.sleep(0.02)
+    assert len(api.ctx.keys.added) == 1
+    assert api.ctx.keys.path(row).read_text().count(f":{row.id}:") == 1
+    status, doc = await api.lease()
+    assert status == 201 and api.ctx.keys.added[0].endswith(doc["lease_id"])

@@ -71,6 +71,9 @@ class ApiContext:
     log: Callable[[str], None] = lambda line: None
     metrics: FleetMetrics = field(default_factory=FleetMetrics)
     sweep_interval: float = 1.0
+    #: whether this process attaches standby keys to ready instances in the background (the
+    #: leading replica only, so two replicas never add two lines to one instance)
+    attaches_keys: Callable[[], bool] = lambda: False
     broker: LeaseBroker = field(init=False)
 
     def __post_init__(self) -> None:
@@ -645,6 +648,8 @@ async def _sweep(ctx: ApiContext) -> None:
     while True:
         try:
             await expire_due(ctx)
+            if ctx.attaches_keys():  # ready instances get their key before anyone asks
+                await ctx.broker._attach_missing()
         except Exception as exc:  # a store hiccup: try again at the next sweep
             ctx.log(f"lease expiry sweep failed: {type(exc).__name__}: {exc}")
         await asyncio.sleep(ctx.sweep_interval)
@@ -719,6 +724,7 @@ def service_context(
         comfyui_port=comfyui_port, local_url=local_url, on_release=on_release,
         destroy=destroy, log=stderr_log, metrics=default_metrics(),
         sweep_interval=min(5.0, max(0.2, cfg.pool.lease_ttl / 10)),
+        attaches_keys=lambda: bool(leading),
     )  # fmt: skip
     # (wave2: fleet-dashboard) local slots' status.json: the dashboard's download progress
     # (wave2: fleet-api) ``section`` is the config (with base_dir); ``provider`` is the object
