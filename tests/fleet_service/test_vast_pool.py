@@ -116,6 +116,8 @@ async def test_pool_fills_to_min_ready_over_ssh_and_keeps_secrets_out(
             assert text.encode() == local and nxt == len(local)
             tail = await logstore.log_tail(store, row.id, 3)
             assert tail[-1].endswith("PROVISIONING COMPLETE")
+            port = await logstore.comfyui_port(store, row.id)  # "auto": chosen on the instance
+            assert isinstance(port, int) and port != world.port
             progress = await logstore.instance_progress(store, row.id)
             assert progress["phase"] == "done"
             assert progress["bytes_done"] == progress["bytes_total"] > 0

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -86,15 +87,16 @@ class ProvisionDriver:
         sinks = await logstore.StoreRunSinks.open(self.store, row.id, run.run_id, self.logs_dir)
         try:
             if self.provider.kind == "local":
-                ready, reason = await self._local(row, sinks)
+                ready, reason, port = await self._local(row, sinks)
             else:
-                ready, reason = await self._ssh(row, run.run_id, sinks)
+                ready, reason, port = await self._ssh(row, run.run_id, sinks)
         finally:
             await sinks.drain()
         reason = escape_controls(redact_text(reason))[:500]
         await logstore.end_run(
-            self.store, row.id, run.run_id, "complete" if ready else "failed", reason
-        )
+            self.store, row.id, run.run_id, "complete" if ready else "failed", reason,
+            comfyui_port=port if ready else None,
+        )  # fmt: skip
         return Outcome(ready, reason, run.run_id)
 
     async def prepare_reprovision(self, row: InstanceRow) -> str:
@@ -121,7 +123,9 @@ class ProvisionDriver:
 
     # --- kind local ------------------------------------------------------------------------
 
-    async def _local(self, row: InstanceRow, sinks: logstore.StoreRunSinks) -> tuple[bool, str]:
+    async def _local(
+        self, row: InstanceRow, sinks: logstore.StoreRunSinks
+    ) -> tuple[bool, str, int | None]:
         from comfyfleet.fleet.local_runner import LocalRunner
         from comfyfleet.fleet.providers.local import LocalProvider
 
@@ -129,8 +133,8 @@ class ProvisionDriver:
         runner = LocalRunner.for_pool(self.config, self.provider)
         out = await runner.provision(row.provider_id, row.label, sinks.sink("provision.log"))
         if out.ready:
-            return True, ""
-        return False, out.reason or "ComfyUI is not healthy after provisioning"
+            return True, "", _port(out.comfyui)
+        return False, out.reason or "ComfyUI is not healthy after provisioning", None
 
     # --- over SSH --------------------------------------------------------------------------
 
@@ -150,7 +154,7 @@ class ProvisionDriver:
 
     async def _ssh(
         self, row: InstanceRow, run_id: str, sinks: logstore.StoreRunSinks
-    ) -> tuple[bool, str]:
+    ) -> tuple[bool, str, int | None]:
         spec = self.config.provider
         operator = isinstance(spec, SshProvider)
         known = self.config.resolve(spec.known_hosts) if operator and spec.known_hosts else None
@@ -175,7 +179,7 @@ class ProvisionDriver:
                 if policy.trust_on_first_use and key:
                     pinned = await hostkeys.pin_key(self.store, row.id, key)
                     if pinned != key:  # another replica pinned another key first
-                        return False, "host key changed since the first contact"
+                        return False, "host key changed since the first contact", None
                 # (wave2: fleet-replicas) the dead-man's switch, armed before provision starts
                 from comfyfleet.fleet import deadman
 
@@ -191,13 +195,19 @@ class ProvisionDriver:
                 delay = min(delay * 2, RETRY_CAP)
                 continue
             except HostKeyError as exc:
-                return False, f"host key refused: {exc}"
+                return False, f"host key refused: {exc}", None
             except ComfyfleetError as exc:
-                return False, str(exc)
+                return False, str(exc), None
             finally:
                 await agent.close()
             if result.ready:
-                return True, ""
+                return True, "", _port(result.comfyui)
             if result.outcome == "complete":
-                return False, "provisioning completed but ComfyUI is not healthy"
-            return False, result.message or result.outcome
+                return False, "provisioning completed but ComfyUI is not healthy", None
+            return False, result.message or result.outcome, None
+
+
+def _port(status: Mapping[str, Any] | None) -> int | None:
+    """ComfyUI's port from `comfyfleet status --json` (None when it does not say)."""
+    port = (status or {}).get("port")
+    return port if isinstance(port, int) and not isinstance(port, bool) else None

@@ -57,6 +57,7 @@ provision_runs = Table(
     Column("outcome", String(16)),
     Column("reason", Text),
     Column("progress", Text),
+    Column("comfyui_port", Integer),  # where the run's ComfyUI listens (comfyui_port = "auto")
     Column("updated_at", Float, nullable=False),
 )
 
@@ -138,15 +139,38 @@ async def begin_run(store: Store, instance_id: str) -> RunRow:
     return run
 
 
-async def end_run(store: Store, instance_id: str, run_id: str, outcome: str, reason: str) -> None:
+async def end_run(
+    store: Store,
+    instance_id: str,
+    run_id: str,
+    outcome: str,
+    reason: str,
+    *,
+    comfyui_port: int | None = None,
+) -> None:
     """Record how a run ended (kept with its log; ``reason`` empty when it succeeded)."""
     now = store._clock()
     async with engine_of(store).begin() as conn:
         await conn.execute(
             update(provision_runs)
             .where(provision_runs.c.instance_id == instance_id, provision_runs.c.run_id == run_id)
-            .values(outcome=outcome, reason=reason, ended_at=now, updated_at=now)
-        )
+            .values(
+                outcome=outcome, reason=reason, ended_at=now, updated_at=now,
+                comfyui_port=comfyui_port,
+            )
+        )  # fmt: skip
+
+
+async def comfyui_port(store: Store, instance_id: str) -> int | None:
+    """The port ComfyUI listens on (127.0.0.1 of the instance) after its last complete run."""
+    query = (
+        select(provision_runs.c.comfyui_port)
+        .where(provision_runs.c.instance_id == instance_id, provision_runs.c.outcome == "complete")
+        .order_by(provision_runs.c.seq.desc())
+        .limit(1)
+    )
+    async with engine_of(store).connect() as conn:
+        return await conn.scalar(query)
 
 
 async def instance_progress(store: Store, instance_id: str) -> dict[str, Any] | None:
@@ -291,6 +315,11 @@ class StoreLogSink:
             return
         fut: Future[None] = asyncio.run_coroutine_threadsafe(self._write(), loop)
         fut.result()
+        # here, in the worker thread: _write must never wait for a worker thread itself (the
+        # executor may be full of flushes waiting for it)
+        fd = self._fd
+        if fd is not None:
+            _fsync_quiet(fd)
 
     def close(self) -> None:
         """Close the mirror (queued chunks stay queued for :meth:`drain`)."""
@@ -365,8 +394,6 @@ class StoreLogSink:
                 raise
             self._size += len(data)
             self._checkpoint = cp
-            if self._fd is not None:
-                await asyncio.to_thread(_fsync_quiet, self._fd)
 
 
 class StoreRunSinks:

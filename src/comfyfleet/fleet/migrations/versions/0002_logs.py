@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("outcome", sa.String(16)),
         sa.Column("reason", sa.Text),
         sa.Column("progress", sa.Text),
+        sa.Column("comfyui_port", sa.Integer),
         sa.Column("updated_at", sa.Float, nullable=False),
     )
     op.create_table(
