@@ -9,8 +9,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
+from playwright.sync_api import expect
+from tests.fleet_web.browser import loopback
 
 DEADLINE = 300  # s: two offline provisions on a shared 2-core machine
 
@@ -26,7 +29,7 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen[str]) -> str:
     raise AssertionError(f"{text!r} not seen within {DEADLINE}s:\n{path.read_text()[-3000:]}")
 
 
-def test_demo_pool_serves_leases_and_stops_clean(tmp_path: Path) -> None:
+def test_demo_pool_serves_leases_and_stops_clean(tmp_path: Path, browser: Any) -> None:
     root = tmp_path / "demo"
     err = tmp_path / "stderr.txt"
     with err.open("w") as err_fh:
@@ -51,6 +54,7 @@ def test_demo_pool_serves_leases_and_stops_clean(tmp_path: Path) -> None:
         with urllib.request.urlopen(req, timeout=10) as resp:
             states = sorted(i["state"] for i in json.load(resp)["instances"])
         assert "leased" in states and len(states) == 2
+        _check_page(browser, url, token, tmp_path)
         # what it started: pool serve and everything under it, and the slots' ComfyUIs
         started = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
         for pidfile in (root / "pool" / "slots").glob("*/root/.comfyfleet/comfyui.pid"):
@@ -73,3 +77,26 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _check_page(browser: Any, url: str, token: str, tmp_path: Path) -> None:
+    """The real pool serve's page on the local provider: both instances, one leased, and
+    each log panel fed with its provision's log (the local provider included)."""
+    context = browser.new_context()
+    page = context.new_page()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        page.goto(url)
+        page.fill("input[type=password]", token)
+        page.click("button[type=submit]")
+        expect(page.locator("tr[data-instance-id]")).to_have_count(2)
+        expect(page.locator('tr[data-state="leased"]')).to_have_count(1)
+        for panel in page.locator("[data-log-for]").all():
+            expect(panel).to_contain_text("PROVISIONING COMPLETE", timeout=15_000)
+        assert all(loopback(u) for u in requests), requests
+    except BaseException:
+        page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        raise
+    finally:
+        context.close()
