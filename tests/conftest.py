@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -9,6 +11,10 @@ import pytest
 from comfyfleet.testing.modelserver import ModelServer
 
 TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_TOKEN", "CIVITAI_API_TOKEN")
+
+# (wave2: fleet-api) every `pool serve` the tests start needs the lease API's operator token
+# (tests of its absence remove it from the child's environment)
+os.environ.setdefault("COMFYFLEET_API_TOKEN", "test-operator-" + secrets.token_hex(16))
 
 
 @pytest.fixture

@@ -63,8 +63,12 @@ class PoolRun:
         (tmp / "manifest.toml").write_text(
             'version = 1\n[comfyui]\nrepo = "https://example.invalid/ComfyUI.git"\nref = "v1"\n'
         )
-        (tmp / "id_ed25519").write_text("not read by the control plane\n")
-        (tmp / "id_ed25519.pub").write_text(PUBLIC_KEY + "\n")
+        # (wave2: fleet-provisioning) a real key pair: serve now logs in to provision (the
+        # double's ssh hosts do not resolve, so its instances stay in provisioning)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "id_ed25519")],
+            check=True, capture_output=True,
+        )  # fmt: skip
         self.write(provision_timeout=provision_timeout, extra_pool=extra_pool, offers=offers)
 
     def write(
@@ -99,6 +103,8 @@ class PoolRun:
             )
             + offers
             + f'\n[store]\nurl = "{self.store_url}"\n'
+            # (wave2: fleet-api) the lease API on a free port: serves never collide
+            + '[api]\nlisten = "127.0.0.1:0"\n'
         )
 
     def env(self, **extra: str) -> dict[str, str]:

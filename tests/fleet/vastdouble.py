@@ -382,7 +382,7 @@ class RequestRecord:
     endpoint: str
     query: dict[str, str]
     body: Any
-    auth: str  # "bearer" | "query" | "none" | "bad"
+    auth: str  # "bearer" | "query" | "none" | "bad" | "instance:<id>" (wave2: fleet-replicas)
     at: float  # real time.monotonic()
     status: int = 0
 
@@ -788,6 +788,13 @@ class VastDouble:
         if header:
             if header.lower().startswith("bearer ") and header[7:].strip() == self.api_key:
                 return "bearer"
+            # (wave2: fleet-replicas) a per-instance key (CONTAINER_API_KEY) acts on its own
+            # instance only ("can only start, stop, or destroy that specific instance")
+            token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+            with self._lock:
+                for inst in self.instances.values():
+                    if token and inst.api_key == token:
+                        return f"instance:{inst.id}"
             return "bad"
         if "api_key" in request.query:
             return "query" if request.query["api_key"] == self.api_key else "bad"
@@ -869,7 +876,14 @@ class VastDouble:
         body: Any,
         rec: RequestRecord,
     ) -> web.StreamResponse:
-        if rec.auth not in ("bearer", "query"):
+        if rec.auth.startswith("instance:"):  # (wave2: fleet-replicas)
+            own = rec.auth.removeprefix("instance:")
+            if endpoint not in ("destroy", "manage", "show") or request.match_info.get("id") != own:
+                return web.json_response(
+                    {"success": False, "error": "auth_error", "msg": "Invalid user key"},
+                    status=401,
+                )
+        elif rec.auth not in ("bearer", "query"):
             # GUESS: the body of a 401 (the reference gives only the status)
             return web.json_response(
                 {"success": False, "error": "auth_error", "msg": "Invalid user key"}, status=401

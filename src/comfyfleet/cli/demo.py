@@ -31,8 +31,15 @@ def demo(
     root: Path = typer.Option(
         None, "--root", help="Where to provision (default: a fresh ./comfyfleet-demo directory)."
     ),
+    pool: bool = typer.Option(
+        False, "--pool", help="A local pool of two instances with its dashboard, until Ctrl-C."
+    ),
 ) -> None:
     """Run check → download → install → verify → start → ready offline, with a stand-in ComfyUI."""
+    if pool:  # (fleet-dashboard) the fleet's demo: pool serve + dashboard on the demo world
+        from comfyfleet.cli.demo_pool import run_pool_demo
+
+        run(lambda: run_pool_demo((root or _fresh_default()).resolve()))
     from comfyfleet.cli.provision import render_event
     from comfyfleet.manifest import load_manifest
     from comfyfleet.preflight import check_manifest

@@ -27,14 +27,13 @@ CONFIG = typer.Option(..., "--config", help="The pool config (POOL.toml).")
 def serve(
     config: Path = CONFIG,
     listen: str | None = typer.Option(
-        None, "--listen", help="Address of the lease API (next release; accepted and unused)."
+        None, "--listen", help="HOST:PORT of the lease API (overrides [api] listen)."
     ),
 ) -> None:
     """Keep the pool at min_ready: reconcile with the provider every tick, create and destroy.
 
     Stops on SIGTERM/SIGINT within seconds (exit 130); instances stay tracked, and the next
     `pool serve` adopts them."""
-    del listen
 
     def body() -> int:
         from comfyfleet.fleet.config import load_pool_config
@@ -49,6 +48,18 @@ def serve(
         from comfyfleet.fleet.store import Store
 
         cfg = load_pool_config(config)
+        # (wave2: fleet-replicas) SQLite: one serve per store file, refused before anything else
+        from comfyfleet.fleet.leader import lead, single_replica
+
+        replica_lock = single_replica(cfg.store_url)
+        # (wave2: fleet-api) the lease API: no operator token or a bad/busy address is exit 2
+        import asyncio
+
+        from comfyfleet.fleet.api import bind, operator_token_from_env, serve_api, service_context
+        from comfyfleet.fleet.metrics import meter_provider
+
+        api_token = operator_token_from_env()
+        api_sock = bind(listen or cfg.api.listen)
         manifest = load_pool_manifest(cfg)
         public_key = read_public_key(cfg)
         provider = build_provider(cfg)
@@ -66,8 +77,34 @@ def serve(
                 )
                 await check_models(manifest, root=cfg.base_dir)
                 stderr_log(f"pool {cfg.name}: manifest checked; serving (tick {cfg.pool.tick:g}s)")
-                service = PoolService(cfg, store, provider, ssh_public_key=public_key)
-                await service.serve()
+                # (wave2: fleet-replicas) one replica leads: the control loop runs on a store
+                # fenced by its epoch; a lost lead cancels it (see fleet/leader.py)
+                # (wave2: fleet-api) the API runs on every replica beside the election; the
+                # leading service (if this replica leads) runs release flows and destroys
+                leading: list[PoolService] = []
+
+                async def work(fenced: Store) -> None:
+                    service = PoolService(cfg, fenced, provider, ssh_public_key=public_key)
+                    leading[:] = [service]
+                    try:
+                        await service.serve()
+                    finally:
+                        leading.clear()
+
+                ctx = service_context(cfg, store, provider, leading, api_token)
+                meter_provider(provider, store, ctx.metrics)  # errors by kind, orphans
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(serve_api(ctx, api_sock))
+                    tg.create_task(
+                        lead(
+                            store,
+                            work,
+                            ttl=cfg.pool.leader_ttl,
+                            log=stderr_log,
+                            listen=listen or cfg.api.listen,
+                            force_first=replica_lock is not None,
+                        )
+                    )
             finally:
                 await provider.aclose()
                 await store.close()
@@ -108,7 +145,12 @@ def status(
                         listing = await provider.list_instances()
                     finally:
                         await provider.aclose()
-                return status_document(cfg, rows, pool, listing, now=time.time())
+                doc = status_document(cfg, rows, pool, listing, now=time.time())
+                # (wave2: fleet-replicas) the replicas, who leads since when, the epoch
+                from comfyfleet.fleet.leader import replica_status
+
+                doc.update(await replica_status(store.engine, cfg.name, cfg.pool.leader_ttl))
+                return doc
             finally:
                 await store.close()
 
@@ -119,7 +161,10 @@ def status(
             _print_status(doc)
         return 0
 
-    run(body, json_doc={"instances": [], "spend_per_hour": None} if json_out else None)
+    run(
+        body,
+        json_doc={"instances": [], "spend_per_hour": None, "replicas": []} if json_out else None,
+    )
 
 
 def status_document(
@@ -185,6 +230,12 @@ def _print_status(doc: dict[str, Any]) -> None:
         print(escape_controls(line))
     for u in doc.get("untracked", []):
         print(escape_controls(f"  untracked {u['provider_id']} {u['label']} {u['status']}"))
+    if "replicas" in doc:  # (wave2: fleet-replicas)
+        print(f"epoch {doc['epoch']}: {len(doc['replicas'])} replica(s)")
+        for r in doc["replicas"]:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["since"]))
+            role = "leader " if r["leader"] else "standby"
+            print(escape_controls(f"  {role} {r['id']}  since {since} UTC  {r['listen'] or ''}"))
 
 
 def _age(seconds: float) -> str:
@@ -278,6 +329,209 @@ def resume(config: Path = CONFIG) -> None:
 
         run_async(main, resume_hint="nothing was changed")
         print(f"pool {cfg.name}: resumed (pool serve creates instances again)")
+        return 0
+
+    run(body)
+
+
+# --- lease clients (wave2: fleet-api) ---------------------------------------------------------
+
+
+def _api_base(cfg: PoolConfig) -> str:
+    """The lease API's URL from ``[api] listen`` (a wildcard address is reached on loopback)."""
+    from comfyfleet.fleet.api import parse_listen
+
+    host, port = parse_listen(cfg.api.listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _api_call(
+    cfg: PoolConfig, method: str, path: str, *, body: Any = None, timeout: float = 30.0
+) -> tuple[int, dict[str, Any]]:
+    """One request to the pool's lease API with the operator token: (status, JSON body)."""
+
+    import aiohttp
+
+    from comfyfleet.errors import ComfyfleetError
+    from comfyfleet.fleet.api import operator_token_from_env
+
+    token = operator_token_from_env()
+    url = _api_base(cfg) + path
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"}) as r,
+        ):
+            try:
+                doc = await r.json(content_type=None)
+            except ValueError:
+                doc = {}
+            status = r.status
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise ComfyfleetError(
+            f"cannot reach the lease API at {_api_base(cfg)}: {type(exc).__name__}: {exc}",
+            hint="is `pool serve` running with this config? ([api] listen says where)",
+        ) from None
+    if status == 401:
+        from comfyfleet.errors import UsageError
+
+        raise UsageError(
+            f"the lease API at {_api_base(cfg)} refused the token (401)",
+            hint="set COMFYFLEET_API_TOKEN to the token `pool serve` was started with",
+        )
+    return status, doc if isinstance(doc, dict) else {}
+
+
+def _api_failure(status: int, doc: dict[str, Any], what: str) -> Any:
+    from comfyfleet.errors import ComfyfleetError, UsageError
+    from comfyfleet.names import escape_controls
+
+    detail = escape_controls(str(doc.get("detail") or f"HTTP {status}"))
+    if status in (404, 422):
+        return UsageError(f"{what}: {detail}", hint="check the lease id (pool status lists them)")
+    return ComfyfleetError(f"{what}: {detail}")
+
+
+def _write_key(cfg: PoolConfig, lease_id: str, private_key: str) -> Path:
+    """The lease's private key in a 0600 file beside the pool config (``leases/ID.key``)."""
+    import os
+
+    from comfyfleet.names import plain_name
+
+    folder = cfg.base_dir / "leases"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"{plain_name(lease_id, what='lease id')}.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(private_key)
+    return path
+
+
+def lease_output(doc: dict[str, Any], key_file: Path | None) -> dict[str, Any]:
+    """The ``pool lease --json`` document (DESIGN.md's shape) from the API's answer."""
+    out: dict[str, Any] = {
+        "lease_id": doc["lease_id"],
+        "instance_id": doc["instance_id"],
+        "expires_at": doc["expires_at"],
+    }
+    if "url" in doc:
+        out["url"] = doc["url"]
+    if "ssh" in doc:
+        out["ssh"] = doc["ssh"]
+        out["key_file"] = str(key_file)
+        out["tunnel"] = str(doc["tunnel"]).replace(
+            f"-i lease-{doc['lease_id']}.key", f"-i {key_file}"
+        )
+    return out
+
+
+@pool_app.command("lease")
+def lease(
+    config: Path = CONFIG,
+    wait: float = typer.Option(60.0, "--wait", min=0, help="Seconds to wait for a ready one."),
+    hold: bool = typer.Option(False, "--hold", help="Renew until Ctrl-C, then release."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document to stdout."),
+) -> None:
+    """Lease a ready instance from `pool serve`'s API: the key goes to a 0600 file, and the
+    ssh and tunnel commands are printed. Exit 1 when none was ready within --wait."""
+
+    def body() -> int:
+        import asyncio
+
+        from comfyfleet.errors import ComfyfleetError
+        from comfyfleet.fleet.config import load_pool_config
+        from comfyfleet.names import escape_controls
+
+        cfg = load_pool_config(config)
+
+        async def main() -> dict[str, Any]:
+            status, doc = await _api_call(
+                cfg, "POST", "/v1/leases", body={"wait_s": wait}, timeout=wait + 30
+            )
+            if status == 503:
+                raise ComfyfleetError(
+                    f"no instance was ready within {wait:g}s "
+                    f"(queue position {doc.get('queue_position')})",
+                    hint="try again with a longer --wait, or raise min_ready",
+                )
+            if status != 201:
+                raise _api_failure(status, doc, "lease refused")
+            key_file = (
+                _write_key(cfg, doc["lease_id"], doc["private_key"]) if "ssh" in doc else None
+            )
+            out = lease_output(doc, key_file)
+            if json_out:
+                emit_json(out)
+            else:
+                print(f"lease {out['lease_id']} on instance {out['instance_id']}, "
+                      f"expires {out['expires_at']}")  # fmt: skip
+                if "url" in out:
+                    print(f"ComfyUI: {out['url']}")
+                else:
+                    ssh = out["ssh"]
+                    print(f"ssh -i {key_file} -p {ssh['port']} {ssh['user']}@{ssh['host']}")
+                    print(escape_controls(out["tunnel"]))
+                print(f"release: comfyfleet pool release --config {config} {out['lease_id']}")
+            if not hold:
+                return out
+            try:
+                while True:
+                    expires_in = float(doc.get("expires_in_s") or cfg.pool.lease_ttl)
+                    await asyncio.sleep(max(1.0, min(expires_in, cfg.pool.lease_ttl) / 3))
+                    status, doc = await _api_call(
+                        cfg, "POST", f"/v1/leases/{out['lease_id']}/renew"
+                    )
+                    if status != 200:
+                        raise _api_failure(status, doc, "renew failed")
+            finally:
+                # Ctrl-C (a cancellation) or a failed renew: the lease is released either way
+                await asyncio.shield(_release_quietly(cfg, out["lease_id"]))
+
+        run_async(main, resume_hint="the lease was released")
+        return 0
+
+    run(body, json_doc={"lease_id": None, "instance_id": None} if json_out else None)
+
+
+async def _release_quietly(cfg: PoolConfig, lease_id: str) -> None:
+    import sys as _sys
+
+    status, _ = await _api_call(cfg, "DELETE", f"/v1/leases/{lease_id}")
+    print(f"lease {lease_id} released" if status == 200 else f"lease {lease_id}: HTTP {status}",
+          file=_sys.stderr)  # fmt: skip
+
+
+@pool_app.command("renew")
+def renew(config: Path = CONFIG, lease_id: str = typer.Argument(..., help="The lease.")) -> None:
+    """Renew a lease for another lease_ttl."""
+    _lease_action(config, lease_id, "POST", "/renew", "renewed, expires {expires_at}")
+
+
+@pool_app.command("release")
+def release(config: Path = CONFIG, lease_id: str = typer.Argument(..., help="The lease.")) -> None:
+    """Release a lease: its key is removed and the instance goes to on_release."""
+    _lease_action(config, lease_id, "DELETE", "", "released")
+
+
+def _lease_action(config: Path, lease_id: str, method: str, suffix: str, done: str) -> None:
+    def body() -> int:
+        from comfyfleet.fleet.config import load_pool_config
+        from comfyfleet.names import plain_name
+
+        cfg = load_pool_config(config)
+        lid = plain_name(lease_id, what="lease id")
+
+        async def main() -> dict[str, Any]:
+            status, doc = await _api_call(cfg, method, f"/v1/leases/{lid}{suffix}")
+            if status != 200:
+                raise _api_failure(status, doc, f"lease {lid}")
+            return doc
+
+        doc = run_async(main, resume_hint="run it again")
+        print(f"lease {lid} " + done.format(**doc))
         return 0
 
     run(body)

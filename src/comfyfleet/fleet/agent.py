@@ -321,6 +321,22 @@ rm -f "$fifo"
 """
 
 
+_WIPE = r"""
+cd "$HOME" || exit 1
+root=$1
+# Stop ComfyUI (and any run holding the root) with an agent venv's comfyfleet, if one is here.
+for cf in "$HOME"/.comfyfleet-agent/venvs/*/bin/comfyfleet; do
+  [ -x "$cf" ] || continue
+  "$cf" stop --root "$root" >/dev/null || { echo "comfyfleet stop failed" >&2; exit 3; }
+  break
+done
+# What a lessee leaves behind: outputs, uploads, user data (settings, workflows, queue).
+for d in output input user; do rm -rf -- "$root/ComfyUI/$d"; done
+if [ -d "$root/ComfyUI" ]; then mkdir -p -- "$root/ComfyUI/output" "$root/ComfyUI/input"; fi
+echo wiped
+"""
+
+
 class ProvisionAgent:
     """Provisioning of one instance over SSH (one connection, reused across calls)."""
 
@@ -544,6 +560,15 @@ class ProvisionAgent:
             text = (await fh.read()).decode()
         seeds = [_seed(line) for line in text.splitlines()[:2]]
         return seeds[0], seeds[1]
+
+    async def wipe(self, instance_root: str) -> None:
+        """Stop ComfyUI and delete its output/, input/ and user data (before a reprovision or
+        the release of an ssh host): nothing of one lessee reaches the next."""
+        if self._home is None:
+            await self.probe()
+        out = await self._run(_WIPE, self._absolute(instance_root))
+        if "wiped" not in out:
+            raise AgentError(f"{self.endpoint.host}: the wipe did not finish")
 
     # --- follow -------------------------------------------------------------------------
 

@@ -61,6 +61,8 @@ class PoolSection(_Strict):
     create_grace: Duration = 120.0  # a create whose answer was lost may show up this late
     backoff: Duration = 30.0  # first pause after a failed create/boot; doubles per failure
     backoff_max: Duration = 900.0
+    # (wave2: fleet-replicas) the leader's lease: renewed every ttl/4, taken over once expired
+    leader_ttl: Duration = 4.0
 
     @field_validator("name")
     @classmethod
@@ -102,6 +104,8 @@ class PoolSection(_Strict):
             raise ValueError("backoff_max is shorter than backoff")
         if self.tick <= 0:
             raise ValueError("tick must be longer than 0s")
+        if self.leader_ttl < 1:  # (wave2: fleet-replicas)
+            raise ValueError("leader_ttl must be at least 1s (the lease is renewed every ttl/4)")
         return self
 
     @property

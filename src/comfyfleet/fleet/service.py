@@ -4,6 +4,12 @@ A thin I/O shell around the pure :func:`.reconcile.reconcile` and :func:`.policy
 one paged list call per tick, then the moves carried out in order — every state change
 committed before the provider call it announces (intent before action), every provider id
 committed right after the call that returned it.
+
+Inside :meth:`PoolService.serve`, every instance in ``provisioning`` gets one provisioning
+task (:mod:`.driver`) in the service's TaskGroup — never two for one instance — which ends
+it ``ready`` or ``failed`` (destroyed and replaced with the backoff by the next ticks). A
+task whose row left ``provisioning`` (timeout, lost, destroy-all) is cancelled; the remote
+provision is then destroyed with its instance.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from comfyfleet.fleet.agent import Endpoint
 from comfyfleet.fleet.config import PoolConfig, VastProvider
+from comfyfleet.fleet.driver import ProvisionDriver
 from comfyfleet.fleet.errors import (
     CreateFailed,
     OfferUnavailable,
@@ -91,6 +100,8 @@ class PoolService:
         ssh_public_key: str = "",
         clock: Callable[[], float] = time.time,
         log: Callable[[str], None] = stderr_log,
+        endpoint_for: Callable[[InstanceRow], Endpoint] | None = None,
+        agent_cache: Path | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -118,18 +129,39 @@ class PoolService:
         self._spend = 0.0
         self._draining = False
         self.last_listing: list[ProviderInstance] = []
+        self.driver = ProvisionDriver(
+            config, store, provider, log=log, endpoint_for=endpoint_for, agent_cache=agent_cache
+        )
+        self._group: asyncio.TaskGroup | None = None
+        #: the provisioning task of each instance (at most one)
+        self.provisions: dict[str, asyncio.Task[None]] = {}
+        #: the release flow of each instance in ``releasing`` (at most one)
+        self.releases: dict[str, asyncio.Task[None]] = {}
 
     # --- the loop ------------------------------------------------------------------------
 
     async def serve(self, *, ticks: int | None = None) -> None:
-        """Tick until cancelled (SIGTERM/SIGINT) or ``ticks`` passes; instances stay tracked."""
+        """Tick until cancelled (SIGTERM/SIGINT) or ``ticks`` passes; instances stay tracked
+        (provisions keep running on their instances and are adopted by the next serve)."""
         n = 0
-        while ticks is None or n < ticks:
-            started = time.monotonic()
-            await self.tick()
-            n += 1
-            if ticks is None or n < ticks:
-                await asyncio.sleep(max(0.0, self.config.pool.tick - (time.monotonic() - started)))
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            # (wave2: fleet-replicas) the leader renews the dead-man's switch heartbeats
+            from comfyfleet.fleet import deadman
+
+            group.create_task(deadman.keep_alive(self.driver, self.store))
+            try:
+                while ticks is None or n < ticks:
+                    started = time.monotonic()
+                    await self.tick()
+                    n += 1
+                    if ticks is None or n < ticks:
+                        pause = self.config.pool.tick - (time.monotonic() - started)
+                        await asyncio.sleep(max(0.0, pause))
+            finally:
+                self._group = None
+                for task in [*self.provisions.values(), *self.releases.values()]:
+                    task.cancel()
 
     async def tick(self) -> TickReport:
         """One pass: list, reconcile, apply, plan, create."""
@@ -201,7 +233,96 @@ class PoolService:
             )
         for row_id in launches:
             await self._launch(row_id)
+        if self._group is not None:
+            await self._provision_tasks()
         return report
+
+    # --- provisioning --------------------------------------------------------------------
+
+    async def _provision_tasks(self) -> None:
+        """One task per ``provisioning`` row; cancel those whose row moved on."""
+        assert self._group is not None
+        rows = {r.id: r for r in await self.store.live()}
+        for row_id, task in list(self.provisions.items()):
+            row = rows.get(row_id)
+            if task.done():
+                del self.provisions[row_id]
+            elif row is None or row.state is not S.PROVISIONING:
+                task.cancel()
+                del self.provisions[row_id]
+        for row_id, task in list(self.releases.items()):
+            if task.done():
+                del self.releases[row_id]
+        for row in rows.values():
+            if row.state is S.PROVISIONING and row.id not in self.provisions:
+                self.provisions[row.id] = self._group.create_task(
+                    self._provision(row), name=f"provision {row.id}"
+                )
+            elif row.state is S.RELEASING:
+                await self.release_flow(row.id, "released")
+
+    async def release_flow(self, row_id: str, reason: str) -> None:
+        """Start the release flow of an instance in ``releasing`` (the lease API calls it once
+        the lease has ended; the loop calls it for rows found in ``releasing``)."""
+        if self._group is None or row_id in self.releases:
+            return  # not serving (the next serve's loop runs it) or running already
+        self.releases[row_id] = self._group.create_task(
+            self._release(row_id, reason), name=f"release {row_id}"
+        )
+
+    async def _release(self, row_id: str, reason: str) -> None:
+        """on_release: destroy, or wipe and provision again (ssh hosts: wipe, then release)."""
+        row = await self.store.get(row_id)
+        if row is None or row.state is not S.RELEASING:
+            return
+        mode = self.config.pool.on_release
+        wipe_first = mode == "reprovision" or self.provider.kind == "ssh"
+        if self.provider.kind == "local" or not wipe_first:
+            # a local slot is stopped and freed by its destroy; a new one is provisioned fresh
+            await self._destroy(row_id, None, f"{reason} (on_release = destroy)", set())
+            return
+        try:
+            if mode == "reprovision":
+                await self.driver.prepare_reprovision(row)
+            await self.driver.wipe(row)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never hand an unwiped machine on
+            why = f"wipe after release failed: {escape_controls(str(exc))[:300]}"
+            self.log(f"{row_id}: {why}; destroying it")
+            await self._destroy(row_id, None, why, set())
+            return
+        if mode != "reprovision":
+            await self._destroy(row_id, None, f"{reason} (wiped, host released)", set())
+            return
+        if await self.store.transition(
+            row_id, S.RELEASING, S.PROVISIONING, reason=f"{reason}: wiped; provisioning again"
+        ):
+            self.log(f"{row_id}: released and wiped; provisioning again")
+
+    async def _provision(self, row: InstanceRow) -> None:
+        """Provision ``row``; ready on success, failed (then destroyed, replaced) otherwise."""
+        try:
+            outcome = await self.driver.provision(row)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one instance's bug must not end the pool's loop
+            reason = f"provisioning stopped: {type(exc).__name__}: {exc}"
+            if await self.store.transition(row.id, S.PROVISIONING, S.FAILED, reason=reason):
+                self.log(f"{row.id}: failed: {reason}")
+                await self._note_failure()
+            return
+        if outcome.ready:
+            if await self.store.transition(
+                row.id, S.PROVISIONING, S.READY, reason=f"provisioned (run {outcome.run_id})"
+            ):
+                await self.store.note_create_success()
+                self.log(f"{row.id}: ready (run {outcome.run_id})")
+            return
+        reason = f"provisioning failed (run {outcome.run_id}): {outcome.reason}"
+        if await self.store.transition(row.id, S.PROVISIONING, S.FAILED, reason=reason):
+            self.log(f"{row.id}: {reason}; its log is kept in logs/{row.id}/{outcome.run_id}/")
+            await self._note_failure()
 
     # --- applying reconcile actions ------------------------------------------------------
 
@@ -223,7 +344,8 @@ class PoolService:
             if await store.transition(
                 action.row_id, S.BOOTING, S.PROVISIONING, reason="reachable", **fields
             ):
-                await store.note_create_success()
+                # the backoff is reset by a ready instance, not a reachable one: a pool whose
+                # provisions fail must keep backing off
                 self.log(f"{action.row_id}: reachable → provisioning")
         elif isinstance(action, Fail):
             if await store.transition(action.row_id, action.old, S.FAILED, reason=action.reason):
@@ -380,6 +502,10 @@ class PoolService:
         await self.store.transition(
             row.id, S.CREATING, S.BOOTING, reason="created", provider_id=created.provider_id
         )
+        if created.instance_api_key:  # (wave2: fleet-replicas) for the dead-man's switch
+            from comfyfleet.fleet import deadman
+
+            await deadman.remember_key(self.store, row.id, created.instance_api_key)
         self.log(f"{row.id}: created {created.provider_id} on offer {offer.offer_id}")
         return "created"
 

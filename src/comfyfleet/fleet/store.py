@@ -165,6 +165,10 @@ def _migrate(sync_conn: Any) -> None:
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
 
+    if sync_conn.dialect.name == "postgresql":
+        # (wave2: fleet-replicas) replicas starting together: one migrates, the others wait
+        # for it (the lock ends with this transaction) instead of racing CREATE TABLE
+        sync_conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7262011013)")
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = sync_conn
@@ -191,6 +195,27 @@ class Store:
         self._engine = engine
         self.pool = pool
         self._clock = clock
+        # (wave2: fleet-replicas) the leader's epoch: set on the control loop's store only
+        self.epoch: int | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine (for modules that add their own tables: leader, logs, leases)."""
+        return self._engine
+
+    def fenced(self, epoch: int) -> Store:
+        """A store on the same engine whose writes all fail (Fenced) unless the pool's leader
+        epoch is still ``epoch``. (wave2: fleet-replicas)"""
+        other = Store(self._engine, self.pool, self._clock)
+        other.epoch = epoch
+        return other
+
+    async def _fence(self, conn: Any) -> None:
+        """Check the epoch inside a write's transaction (no-op unless fenced)."""
+        if self.epoch is not None:  # (wave2: fleet-replicas)
+            from comfyfleet.fleet.leader import check_fence
+
+            await check_fence(conn, self.pool, self.epoch)
 
     # --- opening --------------------------------------------------------------------------
 
@@ -321,6 +346,7 @@ class Store:
             "destroy_attempts": 0,
         }
         async with self._engine.begin() as conn:
+            await self._fence(conn)  # (wave2: fleet-replicas)
             await conn.execute(insert(instances).values(**values))
             await conn.execute(
                 insert(transitions).values(
@@ -352,6 +378,7 @@ class Store:
         if new is State.FAILED and reason:
             values.setdefault("failure_reason", reason)
         async with self._engine.begin() as conn:
+            await self._fence(conn)  # (wave2: fleet-replicas)
             result = await conn.execute(
                 update(instances)
                 .where(instances.c.id == row_id, instances.c.state == old.value)
@@ -375,6 +402,7 @@ class Store:
         if "state" in fields:
             raise ValueError("use transition() to change the state")
         async with self._engine.begin() as conn:
+            await self._fence(conn)  # (wave2: fleet-replicas)
             await conn.execute(
                 update(instances)
                 .where(instances.c.id == row_id)
@@ -401,6 +429,7 @@ class Store:
 
     async def _update_pool(self, **values: Any) -> None:
         async with self._engine.begin() as conn:
+            await self._fence(conn)  # (wave2: fleet-replicas)
             await conn.execute(
                 update(pools)
                 .where(pools.c.name == self.pool)

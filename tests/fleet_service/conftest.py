@@ -1,0 +1,164 @@
+"""Fixtures: an sshd per test whose sessions carry the instance environment, one Unix user
+per rented machine, the Vast double pointing its instances' SSH at that sshd, one demo world.
+
+The instance environment (sshd ``SetEnv``): no package index, the model server's endpoints
+(as a rented machine's image would set them), and git's ``safe.directory`` so every instance
+user may clone the one demo world's repositories.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))
+
+from vastdouble import VastDouble
+
+from comfyfleet.fleet.agent import Endpoint
+from comfyfleet.fleet.store import InstanceRow
+from comfyfleet.testing.demo_fixture import DemoWorld, build_demo
+from comfyfleet.testing.modelserver import ModelServer
+from sshd import SSHD, SshServer
+
+
+@pytest.fixture
+def base_dir() -> Iterator[Path]:
+    """A world-traversable directory for homes, the sshd and the demo world."""
+    path = Path("/tmp") / f"comfyfleet-svc-{uuid.uuid4().hex[:8]}"
+    path.mkdir(mode=0o755)
+    (path / "home").mkdir(mode=0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def sshd(base_dir: Path, server: ModelServer) -> Iterator[SshServer]:
+    """A real OpenSSH sshd; every session gets the instance environment."""
+    if not Path(SSHD).exists() or os.geteuid() != 0:  # pragma: no cover
+        pytest.fail("these tests need OpenSSH sshd and root (.ci/run provides both)")
+    root = base_dir / "sshd"
+    root.mkdir()
+    srv = SshServer(root)
+    env = {
+        "PIP_NO_INDEX": "1",
+        **server.endpoint_env(),
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "safe.directory",
+        "GIT_CONFIG_VALUE_0": "*",
+    }
+    srv.extra_options["AuthorizedKeysFile"] = ".ssh/authorized_keys"
+    srv.extra_options["SetEnv"] = " ".join(f"{k}={v}" for k, v in env.items())
+    srv.extra_options["Subsystem"] = "sftp internal-sftp"
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@dataclass
+class Machine:
+    """One 'rented machine': a Unix user with its own home, reached through the sshd."""
+
+    user: str
+    uid: int
+    home: Path
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process running as this user."""
+        out = []
+        for p in psutil.process_iter(["uids"]):
+            uids = p.info["uids"]
+            if uids is not None and uids.real == self.uid:
+                out.append(p)
+        return out
+
+
+@dataclass
+class Machines:
+    """Unix users made on demand: one per provider id (the Vast seam) or per host."""
+
+    sshd: SshServer
+    base_dir: Path
+    made: dict[str, Machine] = field(default_factory=dict)
+
+    def make(self, key: str) -> Machine:
+        """The machine for ``key`` (made on first use)."""
+        if key in self.made:
+            return self.made[key]
+        user = f"cfs{uuid.uuid4().hex[:8]}"
+        subprocess.run(
+            ["useradd", "--create-home", "--base-dir", str(self.base_dir / "home"),
+             "--shell", "/bin/sh", "--password", "*", user],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        entry = pwd.getpwnam(user)
+        home = Path(entry.pw_dir)
+        ssh_dir = home / ".ssh"
+        ssh_dir.mkdir(mode=0o700)
+        shutil.copy(self.sshd.client_key.with_suffix(".pub"), ssh_dir / "authorized_keys")
+        # one demo world for every instance user (its repositories are root's)
+        (home / ".gitconfig").write_text("[safe]\n\tdirectory = *\n")
+        for p in (ssh_dir, ssh_dir / "authorized_keys", home / ".gitconfig"):
+            os.chown(p, entry.pw_uid, entry.pw_gid)
+        machine = Machine(user, entry.pw_uid, home)
+        self.made[key] = machine
+        return machine
+
+    def endpoint_for(self, row: InstanceRow) -> Endpoint:
+        """The seam for the Vast double: each provider id logs in as its own user."""
+        assert row.provider_id is not None
+        machine = self.make(row.provider_id)
+        return Endpoint("127.0.0.1", self.sshd.port, machine.user, self.sshd.client_key)
+
+    def cleanup(self) -> None:
+        for m in self.made.values():
+            for _ in range(50):
+                procs = m.processes()
+                if not procs:
+                    break
+                for p in procs:
+                    try:
+                        p.kill()
+                    except psutil.NoSuchProcess:
+                        pass
+                psutil.wait_procs(procs, timeout=2)
+            subprocess.run(["userdel", "--remove", m.user], capture_output=True)
+
+
+@pytest.fixture
+def machines(sshd: SshServer, base_dir: Path) -> Iterator[Machines]:
+    """Unix users as rented machines; killed and deleted at teardown."""
+    ms = Machines(sshd, base_dir)
+    yield ms
+    ms.cleanup()
+
+
+@pytest.fixture
+def world(server: ModelServer, base_dir: Path) -> DemoWorld:
+    """One demo world (model server, stand-in ComfyUI, a node) every instance user can read."""
+    w = build_demo(base_dir / "world", server)
+    subprocess.run(["chmod", "-R", "a+rX", str(base_dir / "world")], check=True)
+    return w
+
+
+@pytest.fixture
+def double(sshd: SshServer) -> Iterator[VastDouble]:
+    """The Vast double; a running instance's SSH is the test's sshd."""
+    d = VastDouble(ssh_endpoint=lambda _rec: ("127.0.0.1", sshd.port))
+    d.add_offers(8)
+    d.start_in_thread()
+    try:
+        yield d
+    finally:
+        d.stop_thread()
