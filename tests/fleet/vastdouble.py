@@ -52,6 +52,8 @@ from typing import Any
 
 from aiohttp import web
 
+from comfyfleet.testing.background import LoopbackServer
+
 HOURS_PER_MONTH = 730.0  # GUESS: Vast quotes storage in $/GB/month; 730 h is the usual month
 
 #: the status_msg an OCI failure carries (dstack matches ": OCI runtime create failed:")
@@ -582,8 +584,10 @@ def _json_param(request: web.Request, name: str, default: Any) -> Any:
 # --- the double -----------------------------------------------------------------------------
 
 
-class VastDouble:
+class VastDouble(LoopbackServer):
     """The Vast.ai API on 127.0.0.1 with a status machine, a billing ledger and faults."""
+
+    thread_name = "the Vast double"
 
     def __init__(
         self,
@@ -628,9 +632,6 @@ class VastDouble:
         self._last_seen: dict[tuple[str, str], float] = {}
         self._log_polls: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
 
     # --- clock ---------------------------------------------------------------------------
 
@@ -1273,50 +1274,6 @@ class VastDouble:
         site = web.TCPSite(self._runner, self.host, self.port or 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        """Stop serving (the state stays for assertions)."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> VastDouble:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start_in_thread(self) -> None:
-        """Serve from a background thread with its own loop (sync and subprocess tests)."""
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            self._stop_event = asyncio.Event()
-
-            async def main() -> None:
-                await self.start()
-                ready.set()
-                await self._stop_event.wait()  # type: ignore[union-attr]
-                await self.stop()
-
-            loop.run_until_complete(main())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="vastdouble", daemon=True)
-        self._thread.start()
-        if not ready.wait(15):
-            raise RuntimeError("the Vast double did not start within 15 s")
-
-    def stop_thread(self) -> None:
-        """Stop a double started with :meth:`start_in_thread`."""
-        if self._loop is not None and self._stop_event is not None:
-            self._loop.call_soon_threadsafe(self._stop_event.set)
-        if self._thread is not None:
-            self._thread.join(15)
-            self._thread = None
 
 
 def label_filter(labels: Iterable[str]) -> dict[str, Any]:

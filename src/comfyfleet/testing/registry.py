@@ -13,17 +13,19 @@ a bare repository over git's "dumb" HTTP protocol, so a registry id resolves to 
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from comfyfleet.testing.background import LoopbackServer
 
-class RegistryServer:
+
+class RegistryServer(LoopbackServer):
     """The registry double on 127.0.0.1 (async context manager or background thread)."""
+
+    thread_name = "registry double"
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
@@ -35,9 +37,6 @@ class RegistryServer:
         self.fail_with: int | None = None
         self.repos: dict[str, Path] = {}
         self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
 
     @property
     def base_url(self) -> str:
@@ -99,48 +98,3 @@ class RegistryServer:
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        """Stop serving."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> RegistryServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start_in_thread(self) -> None:
-        """Serve from a background thread (for synchronous callers such as CLI tests)."""
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            self._stop = asyncio.Event()
-
-            async def main() -> None:
-                await self.start()
-                ready.set()
-                await self._stop.wait()  # type: ignore[union-attr]
-                await self.stop()
-
-            loop.run_until_complete(main())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="registry", daemon=True)
-        self._thread.start()
-        if not ready.wait(15):
-            raise RuntimeError("registry double did not start within 15 s")
-
-    def stop_thread(self) -> None:
-        """Stop a server started with :meth:`start_in_thread` (a second call does nothing)."""
-        if self._loop and self._stop:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread:
-            self._thread.join(15)
-            self._thread = None
-        self._loop = self._stop = None

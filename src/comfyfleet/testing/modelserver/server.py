@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from comfyfleet.testing.background import LoopbackServer
 from comfyfleet.testing.modelserver.cdn import CDN
 from comfyfleet.testing.modelserver.civitai import CivitaiSite, CivitaiVersion
 from comfyfleet.testing.modelserver.faults import Faults
@@ -17,8 +17,10 @@ from comfyfleet.testing.modelserver.hf import HFHub, HFRepo
 from comfyfleet.testing.modelserver.plain import PlainHost
 
 
-class ModelServer(HFHub, CivitaiSite, CDN, PlainHost):
+class ModelServer(LoopbackServer, HFHub, CivitaiSite, CDN, PlainHost):
     """The fake hub/CDN/plain host on 127.0.0.1 (async context manager or background thread)."""
+
+    thread_name = "model server"
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, *, url_host: str | None = None
@@ -39,10 +41,6 @@ class ModelServer(HFHub, CivitaiSite, CDN, PlainHost):
         self.civitai: dict[int, CivitaiVersion] = {}
         self._sha_cache: dict[tuple[int, int], str] = {}
         self._cdn_keys: dict[int, str] = {}
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
 
     # --- content -----------------------------------------------------------------------
 
@@ -115,50 +113,6 @@ class ModelServer(HFHub, CivitaiSite, CDN, PlainHost):
             site = web.TCPSite(self._runner, self.host, getattr(self, attr), backlog=512)
             await site.start()
             setattr(self, attr, site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        """Stop serving."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> ModelServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start_in_thread(self) -> None:
-        """Serve from a background thread (for synchronous callers and subprocess tests)."""
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            self._stop = asyncio.Event()
-
-            async def main() -> None:
-                await self.start()
-                ready.set()
-                await self._stop.wait()  # type: ignore[union-attr]
-                await self.stop()
-
-            loop.run_until_complete(main())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="modelserver", daemon=True)
-        self._thread.start()
-        if not ready.wait(15):
-            raise RuntimeError("model server did not start within 15 s")
-
-    def stop_thread(self) -> None:
-        """Stop a server started with :meth:`start_in_thread`."""
-        if self._loop and self._stop:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread:
-            self._thread.join(15)
-            self._thread = None
 
     # --- request log ---------------------------------------------------------------------
 
