@@ -19,7 +19,7 @@ import secrets
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,24 +144,29 @@ class PoolService:
         """Tick until cancelled (SIGTERM/SIGINT) or ``ticks`` passes; instances stay tracked
         (provisions keep running on their instances and are adopted by the next serve)."""
         n = 0
-        async with asyncio.TaskGroup() as group:
-            self._group = group
-            # (wave2: fleet-replicas) the leader renews the dead-man's switch heartbeats
-            from comfyfleet.fleet import deadman
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                # (wave2: fleet-replicas) the leader renews the dead-man's switch heartbeats
+                from comfyfleet.fleet import deadman
 
-            group.create_task(deadman.keep_alive(self.driver, self.store))
-            try:
-                while ticks is None or n < ticks:
-                    started = time.monotonic()
-                    await self.tick()
-                    n += 1
-                    if ticks is None or n < ticks:
-                        pause = self.config.pool.tick - (time.monotonic() - started)
-                        await asyncio.sleep(max(0.0, pause))
-            finally:
-                self._group = None
-                for task in [*self.provisions.values(), *self.releases.values()]:
-                    task.cancel()
+                group.create_task(deadman.keep_alive(self.driver, self.store))
+                try:
+                    while ticks is None or n < ticks:
+                        started = time.monotonic()
+                        await self.tick()
+                        n += 1
+                        if ticks is None or n < ticks:
+                            pause = self.config.pool.tick - (time.monotonic() - started)
+                            await asyncio.sleep(max(0.0, pause))
+                finally:
+                    self._group = None
+                    for task in [*self.provisions.values(), *self.releases.values()]:
+                        task.cancel()
+        except BaseExceptionGroup as group_error:
+            # the loop's own error (a fenced write, a failed store) as callers know it, not
+            # wrapped by the TaskGroup (the instance tasks never raise: _guarded)
+            raise group_error.exceptions[0] from None
 
     async def tick(self) -> TickReport:
         """One pass: list, reconcile, apply, plan, create."""
@@ -256,7 +261,7 @@ class PoolService:
         for row in rows.values():
             if row.state is S.PROVISIONING and row.id not in self.provisions:
                 self.provisions[row.id] = self._group.create_task(
-                    self._provision(row), name=f"provision {row.id}"
+                    self._guarded(self._provision(row), row.id), name=f"provision {row.id}"
                 )
             elif row.state is S.RELEASING:
                 await self.release_flow(row.id, "released")
@@ -267,8 +272,17 @@ class PoolService:
         if self._group is None or row_id in self.releases:
             return  # not serving (the next serve's loop runs it) or running already
         self.releases[row_id] = self._group.create_task(
-            self._release(row_id, reason), name=f"release {row_id}"
+            self._guarded(self._release(row_id, reason), row_id), name=f"release {row_id}"
         )
+
+    async def _guarded(self, work: Awaitable[None], row_id: str) -> None:
+        """Run one instance's task; a failure (the store gone, the lead lost) is logged and
+        left to the loop, which meets the same store at its next write."""
+        try:
+            await work
+        except Exception as exc:
+            why = escape_controls(str(exc))[:200]
+            self.log(f"{row_id}: task stopped: {type(exc).__name__}: {why}")
 
     async def _release(self, row_id: str, reason: str) -> None:
         """on_release: destroy, or wipe and provision again (ssh hosts: wipe, then release)."""
