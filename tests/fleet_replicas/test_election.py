@@ -83,8 +83,12 @@ def test_a_fenced_store_records_nothing_once_another_replica_leads(pg_url: str) 
     asyncio.run(go())
 
 
-def test_a_takeover_waits_for_an_intent_transaction_in_flight(pg_url: str) -> None:
-    """FOR SHARE on the leader row: the intent commits first, then the epoch moves."""
+def test_a_takeover_cannot_pass_an_intent_transaction_in_flight(pg_url: str) -> None:
+    """FOR SHARE on the leader row: while an intent is being written under epoch 1, no
+    takeover commits (it fails after lock_timeout and is retried); then it does."""
+    from sqlalchemy.exc import DBAPIError
+
+    from comfyfleet.fleet.leader import check_fence
 
     async def go() -> None:
         store = await _open(pg_url)
@@ -93,15 +97,14 @@ def test_a_takeover_waits_for_an_intent_transaction_in_flight(pg_url: str) -> No
             b = Election(store.engine, POOL, "b", 0.5, listen=None)
             await a.ensure()
             assert await a.take() == 1
-            from comfyfleet.fleet.leader import check_fence
-
             async with store.engine.begin() as conn:
                 await check_fence(conn, POOL, 1)
                 await asyncio.sleep(0.7)  # the lease expires while we hold the row
-                take = asyncio.ensure_future(b.take())
-                await asyncio.sleep(0.3)
-                assert not take.done()  # blocked behind our share lock
-            assert await take == 2
+                with pytest.raises(DBAPIError, match="lock"):
+                    await b.take()
+                row = await read_leader(store.engine, POOL)
+                assert row is not None and row.epoch == 1
+            assert await b.take() == 2
         finally:
             await store.close()
 

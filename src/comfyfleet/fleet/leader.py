@@ -137,6 +137,7 @@ class Election:
     async def take(self, *, force: bool = False) -> int | None:
         """Lead if the lease expired (or ``force``): the new epoch, else None."""
         async with self.engine.begin() as conn:
+            await self._bounded(conn)
             now = db_now(conn)
             query = sql_update(leader).where(leader.c.pool == self.pool)
             if not force:
@@ -153,9 +154,16 @@ class Election:
                 return None
             return int(await conn.scalar(select(leader.c.epoch).where(leader.c.pool == self.pool)))
 
+    async def _bounded(self, conn: AsyncConnection) -> None:
+        """PostgreSQL: wait at most a beat for the leader row's lock (a stuck holder's open
+        transaction must not stall the election: the attempt fails and is retried)."""
+        if conn.dialect.name == "postgresql":
+            await conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(self.ttl * 250)}ms'")
+
     async def renew(self, epoch: int) -> bool:
         """Push our lease's expiry out by ``ttl``; False when another replica took it."""
         async with self.engine.begin() as conn:
+            await self._bounded(conn)
             result = await conn.execute(
                 sql_update(leader)
                 .where(
@@ -282,6 +290,10 @@ async def lead(
             log(f"replica {election.replica} leads pool {store.pool} (epoch {epoch})")
             why = await _hold(election, epoch, work(store.fenced(epoch)), beat, log)
             log(f"replica {election.replica} stops leading (epoch {epoch}): {why}")
+            if not force_first:
+                # stand back one lease lifetime: a replica that just failed as leader (cut
+                # off, fenced) lets a healthy standby win the next term
+                await asyncio.sleep(ttl)
     finally:
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(_leave(election)), timeout=beat)
