@@ -28,8 +28,11 @@ def world(tmp_path: Path) -> Iterator[World]:
         w.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Module scope, not session: sync Playwright runs an event loop in this thread while it is
+    # open, so a session-wide browser made every later asyncio test fail with "Runner.run()
+    # cannot be called from a running event loop".
     with sync_playwright() as p:
         b = launch(p)
         try:
