@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -38,11 +39,24 @@ def servers(tmp_path: Path) -> Iterator[list[tuple[SshServer, Path]]]:
             server.stop()
 
 
-def pool_config(tmp_path: Path, servers: list[tuple[SshServer, Path]]) -> Path:
+@pytest.fixture
+def silent_git() -> Iterator[str]:
+    """A git URL whose server accepts connections and never answers: the hosts' provisions
+    stay in `provisioning` (until their deadline) while the test looks at the claims."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/ComfyUI.git"
+    finally:
+        sock.close()
+
+
+def pool_config(tmp_path: Path, servers: list[tuple[SshServer, Path]], repo: str) -> Path:
     known = tmp_path / "known_hosts"
     known.write_text("".join(s.known_hosts.read_text() for s, _ in servers))
     (tmp_path / "manifest.toml").write_text(
-        'version = 1\n[comfyui]\nrepo = "https://example.invalid/ComfyUI.git"\nref = "v1"\n'
+        f'version = 1\n[comfyui]\nrepo = "{repo}"\nref = "v1"\n'
     )
     hosts = "".join(
         f'[[provider.hosts]]\nhost = "127.0.0.1"\nport = {s.port}\nuser = "{s.user}"\n'
@@ -81,9 +95,9 @@ def claims(servers: list[tuple[SshServer, Path]]) -> list[dict | None]:
 
 
 def test_ssh_pool_claims_hosts_and_destroy_all_releases_only_its_own(
-    tmp_path: Path, servers: list[tuple[SshServer, Path]]
+    tmp_path: Path, servers: list[tuple[SshServer, Path]], silent_git: str
 ) -> None:
-    config = pool_config(tmp_path, servers)
+    config = pool_config(tmp_path, servers, silent_git)
     # the third host is held by another pool: never ours, never released by us
     other = {"label": "comfyfleet-other-0123456789ab", "pool": "other"}
     (servers[2][1] / ".comfyfleet").mkdir()
