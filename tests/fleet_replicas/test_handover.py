@@ -97,7 +97,9 @@ def test_leader_connection_cut_hands_over(
     old, row = leading_replica(replicas, pg_url)
     _settle(old, [])
     created = _creates(double)
-    cut_until = time.monotonic() + HANDOVER_BOUND
+    # A generous polled deadline: how fast the lead moves is the benchmark's figure
+    # (benchmarks/fleet_replicas.py); here only that it moves to the standby at all.
+    cut_until = time.monotonic() + 4 * HANDOVER_BOUND
     moved = None
     while time.monotonic() < cut_until and moved is None:
         ports = [
