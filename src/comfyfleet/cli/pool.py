@@ -109,7 +109,11 @@ def serve(
                 await provider.aclose()
                 await store.close()
 
-        run_async(main, resume_hint="instances stay tracked; `pool serve` again adopts them")
+        run_async(
+            main,
+            resume_hint="instances stay tracked; `pool serve` again adopts them",
+            server=True,
+        )
         return 0
 
     run(body)

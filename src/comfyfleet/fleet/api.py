@@ -499,8 +499,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                  "queue_position": got},
                 status_code=503, headers={"Retry-After": "5"},
             )  # fmt: skip
-        row = await ctx.store.get(got.lease.instance_id)
-        doc = {"lease_token": got.token, **lease_document(ctx, got.lease, row)}
+        doc = {"lease_token": got.token, **lease_document(ctx, got.lease, got.row)}
         if "ssh" in doc:
             doc["private_key"] = got.private_key
         return doc

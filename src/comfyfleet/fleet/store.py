@@ -22,6 +22,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -75,6 +76,7 @@ instances = Table(
     Column("ssh_port", Integer),
     Column("ssh_user", String(64)),
     Column("destroy_attempts", Integer, nullable=False, default=0),
+    Index("ix_instances_pool_state_since", "pool", "state", "state_since", "id"),
 )
 
 transitions = Table(
@@ -153,7 +155,8 @@ def async_url(url: str) -> str:
     )
 
 
-def _row(m: Mapping[str, Any]) -> InstanceRow:
+def row_of(m: Mapping[str, Any]) -> InstanceRow:
+    """An ``instances`` row (as a mapping) as an :class:`InstanceRow`."""
     return InstanceRow(**{**m, "state": State(m["state"])})
 
 
@@ -276,7 +279,7 @@ class Store:
         )
         async with self._engine.connect() as conn:
             result = await conn.execute(query)
-            return [_row(m) for m in result.mappings()]
+            return [row_of(m) for m in result.mappings()]
 
     async def rows(self, *, include_final: bool = False) -> list[InstanceRow]:
         """Rows of the pool, oldest first (final ones too with ``include_final``)."""
@@ -285,14 +288,14 @@ class Store:
         query = select(instances).where(instances.c.pool == self.pool)
         async with self._engine.connect() as conn:
             result = await conn.execute(query.order_by(instances.c.created_at, instances.c.id))
-            return [_row(m) for m in result.mappings()]
+            return [row_of(m) for m in result.mappings()]
 
     async def get(self, row_id: str) -> InstanceRow | None:
         """One row by id."""
         async with self._engine.connect() as conn:
             result = await conn.execute(select(instances).where(instances.c.id == row_id))
             m = result.mappings().first()
-            return _row(m) if m else None
+            return row_of(m) if m else None
 
     async def history(self, row_id: str) -> list[Transition]:
         """The transitions of one row, oldest first."""
