@@ -51,6 +51,9 @@ class SshServer:
         self.root = root
         #: more sshd_config options (e.g. SetEnv), applied at the next start()
         self.extra_options: dict[str, str] = {}
+        #: the loopback addresses it listens on (more than one: "hosts" that share one sshd);
+        #: set before start(), then pin_host_key()
+        self.addresses = ["127.0.0.1"]
         self.port = port or free_port()
         self.user = os.environ.get("USER") or psutil.Process().username()
         self.host_key = root / "host_ed25519"
@@ -67,7 +70,9 @@ class SshServer:
     def pin_host_key(self) -> None:
         """Write a known_hosts file that trusts this server's host key."""
         kind, blob = self.host_key.with_suffix(".pub").read_text().split()[:2]
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {kind} {blob}\n")
+        self.known_hosts.write_text(
+            "".join(f"[{a}]:{self.port} {kind} {blob}\n" for a in self.addresses)
+        )
 
     def regenerate_host_key(self) -> None:
         """Give the server a new host key (as a reinstalled machine would have)."""
@@ -80,7 +85,6 @@ class SshServer:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # Debian's privsep directory
         opts = {
             "Port": str(self.port),
-            "ListenAddress": "127.0.0.1",
             "HostKey": str(self.host_key),
             "PidFile": str(self.pidfile),
             "AuthorizedKeysFile": str(self.root / "authorized_keys"),
@@ -95,6 +99,8 @@ class SshServer:
             **self.extra_options,
         }
         argv = [SSHD, "-D", "-e", "-f", "/dev/null"]
+        for address in self.addresses:
+            argv += ["-o", f"ListenAddress={address}"]
         for k, v in opts.items():
             argv += ["-o", f"{k}={v}"]
         with (self.root / "sshd.log").open("ab") as log:
@@ -151,3 +157,41 @@ class SshServer:
         if down_for:
             time.sleep(down_for)
         self.start()
+
+
+def ssh_opts(server: SshServer, key: Path) -> list[str]:
+    """OpenSSH client options that log in to ``server`` with ``key`` only, non-interactively."""
+    return [
+        "-i", str(key), "-p", str(server.port), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+        "-o", f"UserKnownHostsFile={server.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+        "-o", "ConnectTimeout=10",
+    ]  # fmt: skip
+
+
+async def logs_in(server: SshServer, key: Path, user: str) -> bool:
+    """Whether ``key`` logs in to ``server`` as ``user`` (real ssh, a command that echoes)."""
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        "ssh", *ssh_opts(server, key), f"{user}@127.0.0.1", "echo", "in",
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    return proc.returncode == 0 and out.strip() == b"in"
+
+
+async def get_through_tunnel(url: str, proc) -> dict:
+    """GET ``url`` (JSON) once the ``ssh -L`` process ``proc`` forwards it."""
+    import asyncio
+
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):  # until the forward listens
+            assert proc.returncode is None, "the tunnel exited"
+            try:
+                async with http.get(url) as r:
+                    return await r.json()
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+    raise AssertionError("the tunnel never answered")

@@ -13,12 +13,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from comfyfleet.fleet.keys import SshKeyInstaller
-from sshd import SSHD, SshServer, free_port
+from sshd import SSHD, SshServer, free_port, get_through_tunnel, logs_in, ssh_opts
 
 from .conftest import make_ready
 
@@ -68,23 +67,6 @@ def instance_user(sshd: SshServer) -> Iterator[tuple[str, Path]]:
     subprocess.run(["userdel", "--remove", user], capture_output=True)
 
 
-def _ssh_opts(sshd: SshServer, key: Path) -> list[str]:
-    return [
-        "-i", str(key), "-p", str(sshd.port), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-        "-o", f"UserKnownHostsFile={sshd.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-        "-o", "ConnectTimeout=10",
-    ]  # fmt: skip
-
-
-async def _logs_in(sshd: SshServer, key: Path, user: str) -> bool:
-    proc = await asyncio.create_subprocess_exec(
-        "ssh", *_ssh_opts(sshd, key), f"{user}@127.0.0.1", "echo", "in",
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    out, _ = await proc.communicate()
-    return proc.returncode == 0 and out.strip() == b"in"
-
-
 async def _standin_comfyui() -> tuple[web.AppRunner, int]:
     async def stats(request: web.Request) -> web.Response:
         return web.json_response({"system": {"comfyui_version": "standin"}})
@@ -116,18 +98,18 @@ async def test_the_lease_key_logs_in_tunnels_to_comfyui_and_is_removed_on_releas
         key = tmp_path / "lease.key"
         key.write_text(doc["private_key"])
         key.chmod(0o600)
-        assert await _logs_in(sshd, key, user)
+        assert await logs_in(sshd, key, user)
 
         # the tunnel the lease names reaches ComfyUI on the instance's 127.0.0.1
         tunnel = doc["tunnel"].split()
         assert tunnel[:4] == ["ssh", "-N", "-L", f"{comfy_port}:127.0.0.1:{comfy_port}"]
         local = free_port()
-        argv = ["ssh", "-N", "-L", f"{local}:127.0.0.1:{comfy_port}", *_ssh_opts(sshd, key),
+        argv = ["ssh", "-N", "-L", f"{local}:127.0.0.1:{comfy_port}", *ssh_opts(sshd, key),
                 "-o", "ExitOnForwardFailure=yes", tunnel[-1]]  # fmt: skip
         assert tunnel[-1] == f"{user}@127.0.0.1"
         proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL)
         try:
-            body = await _get_through(f"http://127.0.0.1:{local}/system_stats", proc)
+            body = await get_through_tunnel(f"http://127.0.0.1:{local}/system_stats", proc)
             assert body["system"]["comfyui_version"] == "standin"
         finally:
             proc.terminate()
@@ -138,21 +120,9 @@ async def test_the_lease_key_logs_in_tunnels_to_comfyui_and_is_removed_on_releas
             headers={"Authorization": f"Bearer {doc['lease_token']}"},
         ) as r:
             assert r.status == 200
-        assert not await _logs_in(sshd, key, user)
-        assert await _logs_in(sshd, sshd.client_key, user)  # the pool's own key
-        assert await _logs_in(sshd, sshd.root / "operator_ed25519", user)  # and the other
+        assert not await logs_in(sshd, key, user)
+        assert await logs_in(sshd, sshd.client_key, user)  # the pool's own key
+        assert await logs_in(sshd, sshd.root / "operator_ed25519", user)  # and the other
         assert keys_file.read_text().splitlines() == before.splitlines()  # every other line
     finally:
         await comfy.cleanup()
-
-
-async def _get_through(url: str, proc: asyncio.subprocess.Process) -> dict:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):  # until the forward listens
-            assert proc.returncode is None, "the tunnel exited"
-            try:
-                async with http.get(url) as r:
-                    return await r.json()
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-    raise AssertionError("the tunnel never answered")

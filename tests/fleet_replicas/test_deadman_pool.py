@@ -33,9 +33,10 @@ machines = _svc.machines  # type: ignore[attr-defined]
 world = _svc.world  # type: ignore[attr-defined]
 double = _svc.double  # type: ignore[attr-defined]
 
+from svchelp import wait_for  # noqa: E402
 from test_vast_pool import start, stop  # noqa: E402  (fleet_service's pool helpers)
 
-from comfyfleet.fleet.states import State  # noqa: E402
+from comfyfleet.fleet.states import FINAL, State  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 4.0
@@ -74,6 +75,23 @@ async def test_heartbeats_keep_instances_and_silence_destroys_them(
         assert call.auth == f"instance:{row.provider_id}"  # its own key, not the operator's
         key = (await _key(config)) or ""
         assert key and not any(key in line for line in lines)
+        # a control plane that comes back marks the row gone and forgets its key
+        _c, store, provider, _s, task, lines = await start(
+            tmp_path, double, machines, world.manifest_path, min_ready=0, max_instances=1,
+            dead_man_switch=f"{TIMEOUT:g}s",
+        )  # fmt: skip
+        stopped = False
+
+        async def gone() -> bool:
+            (got,) = await store.rows(include_final=True)
+            return got.state in FINAL
+
+        await wait_for(gone, 30, "the row to be marked gone")
+
+        async def forgotten() -> bool:
+            return await _key(config) is None
+
+        await wait_for(forgotten, 10, "the instance's key to be forgotten")
     finally:
         if not stopped:
             await stop(store, provider, task)

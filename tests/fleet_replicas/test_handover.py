@@ -12,6 +12,8 @@ from poolrun import add_foreigners, wait_until
 from replicarun import HANDOVER_BOUND, Replica, current_leader, leading_replica
 from vastdouble import VastDouble
 
+from netcut import TcpCut
+
 SETTLE = 40.0
 
 
@@ -85,52 +87,56 @@ def test_one_leader_and_sigkill_hands_over_within_the_bound(
 
 
 def test_leader_connection_cut_hands_over(
-    replicas: list[Replica], double: VastDouble, pg_url: str, pg_cluster
+    replicas: list[Replica], double: VastDouble, pg_url: str, pg_cluster, tmp_path: Path
 ) -> None:
-    """pg_terminate_backend on every backend of the leader, for longer than its lease."""
-    import psutil
-
-    for r in replicas[:2]:
-        r.start()
-    for r in replicas[:2]:
-        r.wait_started()
-    old, row = leading_replica(replicas, pg_url)
-    _settle(old, [])
-    created = _creates(double)
-    # A generous polled deadline: how fast the lead moves is the benchmark's figure
-    # (benchmarks/fleet_replicas.py); here only that it moves to the standby at all.
-    cut_until = time.monotonic() + 4 * HANDOVER_BOUND
-    moved = None
-    while time.monotonic() < cut_until and moved is None:
-        ports = [
-            c.laddr.port
-            for c in psutil.Process(old.proc.pid).net_connections(kind="tcp")
-            if c.raddr and c.raddr.port == pg_cluster.port
-        ]
+    """The leader is cut off from PostgreSQL: its backends are terminated
+    (pg_terminate_backend) and, as in a real partition, it cannot reconnect."""
+    cuts = [TcpCut(pg_cluster.port) for _ in range(2)]
+    try:
+        # each replica reaches the database through its own cuttable path
+        for i, cut in enumerate(cuts):
+            url = pg_url.replace(f":{pg_cluster.port}/", f":{cut.port}/")
+            replicas[i] = Replica(tmp_path / f"cut{i}", double, url)
+        for r in replicas[:2]:
+            r.start()
+        for r in replicas[:2]:
+            r.wait_started()
+        old, row = leading_replica(replicas[:2], pg_url)
+        _settle(old, [])
+        created = _creates(double)
+        cut = cuts[replicas.index(old)]
+        ports = sorted(cut.upstream_ports)
+        cut.cut()
         if ports:
             pg_cluster_sql(
                 pg_cluster,
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 f"WHERE client_port IN ({','.join(map(str, ports))})",
             )
-        cur = current_leader(pg_url)
-        # the cut-off leader may win a term back between two cuts (a new epoch: still fenced
-        # apart); we cut until the standby leads
-        if cur is not None and cur.epoch > row.epoch and f"-{old.proc.pid}-" not in cur.holder:
-            moved = cur
-        time.sleep(0.05)
-    assert moved is not None, f"no handover:\n{old.serve_log()[-2000:]}"
-    standby = next(r for r in replicas[:2] if r is not old)
-    assert f"-{standby.proc.pid}-" in moved.holder
-    assert "stops leading" in wait_until(
-        lambda: "stops leading" in old.serve_log() and old.serve_log(),
-        20,
-        "the old leader to step down",
-    )
-    assert old.alive()  # it stood down, it did not die: it serves leases and stands by
-    _settle(standby, [])
-    assert _creates(double) == created
-    _check_no_double_create(standby, double)
+        standby = next(r for r in replicas[:2] if r is not old)
+        # a generous polled deadline: how fast the lead moves is the benchmark's figure
+        moved = wait_until(
+            lambda: (c := current_leader(pg_url)) is not None and c.epoch > row.epoch and c,
+            4 * HANDOVER_BOUND, "the standby to lead",
+        )  # fmt: skip
+        assert f"-{standby.proc.pid}-" in moved.holder, moved
+        assert "stops leading" in wait_until(
+            lambda: "stops leading" in old.serve_log() and old.serve_log(),
+            20,
+            "the old leader to step down",
+        )
+        cut.heal()
+        assert old.alive()  # it stood down, it did not die: it serves leases and stands by
+        _settle(standby, [])
+        assert _creates(double) == created
+        _check_no_double_create(standby, double)
+        assert current_leader(pg_url).epoch == moved.epoch  # the healed one did not take it
+    finally:
+        for r in replicas[:2]:
+            if r.alive():
+                r.kill()
+        for cut in cuts:
+            cut.close()
 
 
 def test_a_paused_leader_cannot_record_a_provider_action(

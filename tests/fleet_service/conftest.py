@@ -51,6 +51,8 @@ def sshd(base_dir: Path, server: ModelServer) -> Iterator[SshServer]:
     root = base_dir / "sshd"
     root.mkdir()
     srv = SshServer(root)
+    srv.addresses = ["127.0.0.1", "127.0.0.2"]  # an ssh pool's two "hosts" on one sshd
+    srv.pin_host_key()
     env = {
         "PIP_NO_INDEX": "1",
         **server.endpoint_env(),

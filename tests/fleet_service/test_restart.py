@@ -6,15 +6,10 @@ is still running (the agent's start lock refuses a second start) from the store'
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
-from svchelp import wait_for
+from svchelp import serve, wait_for, write_config
 
 from comfyfleet.fleet import logstore
 from comfyfleet.fleet.states import State
@@ -24,53 +19,7 @@ from comfyfleet.testing.modelserver import Faults, make_safetensors
 
 pytestmark = pytest.mark.slow
 
-CLI = [sys.executable, "-c", "from comfyfleet.cli import main; main()"]
 DONE = b"PROVISIONING COMPLETE"
-
-
-def write_config(tmp: Path, sshd, machine, manifest: Path) -> Path:
-    config = tmp / "POOL.toml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            [pool]
-            name = "svc"
-            min_ready = 1
-            max_instances = 1
-            manifest = "{manifest}"
-            instance_root = "workspace"
-            comfyui_port = "auto"
-            provision_timeout = "5m"
-            tick = "0.3s"
-            backoff = "0.5s"
-            backoff_max = "2s"
-            [provider]
-            kind = "ssh"
-            known_hosts = "{sshd.known_hosts}"
-            [[provider.hosts]]
-            host = "127.0.0.1"
-            port = {sshd.port}
-            user = "{machine.user}"
-            key = "{sshd.client_key}"
-            [store]
-            url = "sqlite:///{tmp / "pool.db"}"
-            [api]
-            listen = "127.0.0.1:0"
-            """
-        )
-    )
-    return config
-
-
-def serve(config: Path, log: Path, server) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in {"HF_TOKEN", "CIVITAI_TOKEN"}}
-    env.update(server.endpoint_env())
-    env["COMFYFLEET_API_TOKEN"] = "t" * 32
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [*CLI, "pool", "serve", "--config", str(config)],
-            stdout=subprocess.DEVNULL, stderr=out, stdin=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
 
 
 async def rows_of(url: str):
@@ -91,7 +40,7 @@ async def test_sigkill_mid_provisioning_then_restart_adopts_the_run(
     world.manifest["models"].append(entry)
     write_manifest(world.manifest_path, world.manifest)
     machine = machines.make("host-1")
-    config = write_config(tmp_path, sshd, machine, world.manifest_path)
+    config = write_config(tmp_path, sshd, [machine], world.manifest_path)
     log = tmp_path / "serve.log"
     url_db = f"sqlite:///{tmp_path / 'pool.db'}"
     remote = machine.home / "workspace" / ".comfyfleet" / "provision.log"
@@ -133,8 +82,9 @@ async def test_sigkill_mid_provisioning_then_restart_adopts_the_run(
     assert local == remote.read_bytes()  # nothing lost, nothing twice
     assert local.startswith(stored_before) and local.rstrip(b"\n").endswith(DONE)
     # one provision: one run directory, no rotated log from a second start, one run row
-    runs = sorted(p.name for p in (machine.home / ".comfyfleet-agent" / "runs").iterdir())
-    assert runs == ["r1"]
+    runs = machine.home / ".comfyfleet-agent" / "runs"
+    assert [p.name for p in runs.iterdir()] == [row.id]
+    assert [p.name for p in (runs / row.id).iterdir()] == ["r1"]
     assert not (remote.parent / "provision.log.1").exists()
     store = await Store.open(url_db, pool="svc")
     try:

@@ -162,8 +162,12 @@ async def test_failed_provision_is_logged_destroyed_and_replaced_with_backoff(
             return failed if len(failed) >= 2 else None
 
         failed = await wait_for(two_failed, 240, "two failed provisions")
-        pool = await store.pool_row()
-        assert pool.failures >= 2  # the backoff grew: ready never reset it
+
+        async def backoff_grew():  # counted just after the row is marked failed
+            return (await store.pool_row()).failures >= 2
+
+        # the backoff grew: ready never reset it
+        await wait_for(backoff_grew, 30, "the failure count to reach 2")
     finally:
         await stop(store, provider, task)
     store = await Store.open(config.store_url, pool=config.name)

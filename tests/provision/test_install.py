@@ -135,3 +135,24 @@ async def test_a_branch_ref_is_fetched_again(tmp_path: Path, log: RunLog):
 def repo_commit(bare: Path) -> str:
     return subprocess.run(["git", "-C", str(bare), "rev-parse", "HEAD"], capture_output=True,
                           text=True, check=True).stdout.strip()  # fmt: skip
+
+
+async def test_root_venv_reuses_the_images_pip_and_installs_into_itself(
+    tmp_path: Path, root: Path, wheels: Path
+):
+    from comfyfleet.install.comfyui import prepare_environment
+    from comfyfleet.manifest import parse_manifest
+
+    log = RunLog(root, "test")
+    env = await prepare_environment(parse_manifest({}), root, log)
+
+    assert env.python == root / "venv/bin/python"
+    # no pip of its own (ensurepip skipped): the image's, through its site-packages
+    assert not list((root / "venv/lib").glob("python*/site-packages/pip"))
+    subprocess.run(
+        [str(env.python), "-m", "pip", "install", "-q", "--no-index", "--find-links",
+         str(wheels), "standin-helper"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    installed = list((root / "venv/lib").glob("python*/site-packages/standin_helper*"))
+    assert installed, "pip run by the venv's python installed outside the venv"

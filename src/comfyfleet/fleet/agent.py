@@ -11,7 +11,8 @@ The fleet calls, per instance and run (both ids are the fleet's)::
 
 Everything on the instance lives under the login user's home (``~/.comfyfleet-agent``):
 ``wheelhouse/`` (dependency wheels), ``wheels/<sha>/`` (comfyfleet itself), ``venvs/<sha>/``
-(the agent venv, one per wheel hash: a reprovision installs nothing) and ``runs/<run>/``
+(the agent venv, one per wheel hash: a reprovision installs nothing) and
+``runs/<instance>/<run>/``
 (the uploaded manifest and workflows, the start lock, where the logs began, the CLI's
 output). Secrets never touch that tree: they travel on the SSH channel into a FIFO that is
 the provision process's standard input (``provision --secrets-stdin``), and the provision
@@ -117,12 +118,23 @@ class AgentOptions:
 
 @dataclass(frozen=True)
 class ProvisionRun:
-    """One provisioning run: the fleet's run id, the manifest, the root, the secrets."""
+    """One provisioning run: the fleet's run id, the manifest, the root, the secrets, and
+    the instance it is for (an ssh host serves instance after instance: their run ids
+    repeat, so the run's directory on the host is kept per instance)."""
 
     run_id: str
     manifest: Path
     instance_root: str
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    instance_id: str = ""
+
+    @property
+    def remote_dir(self) -> str:
+        """The run's directory under the login user's home."""
+        run = plain_name(self.run_id, what="run id")
+        if not self.instance_id:
+            return f"{AGENT_DIR}/runs/{run}"
+        return f"{AGENT_DIR}/runs/{plain_name(self.instance_id, what='instance id')}/{run}"
 
 
 @dataclass(frozen=True)
@@ -281,10 +293,12 @@ py=$1 venv=$2 wheel=$3 house=$4
 if [ -f "$venv/.ready" ]; then echo cached; exit 0; fi
 rm -rf "$venv"
 "$py" -m venv --without-pip "$venv"
-# pip runs from its own wheel: no ensurepip (Debian's python3-venv) and no index needed
+# pip runs from its own wheel: no ensurepip (Debian's python3-venv) and no index needed.
+# --no-compile: byte-compiling every module of every wheel was half of the install's CPU;
+# the few modules the agent imports are compiled when first imported.
 pipwhl=$(ls "$house"/pip-*.whl | head -n 1)
 "$venv/bin/python" "$pipwhl/pip" install --no-index --find-links "$house" --no-cache-dir \
-  --disable-pip-version-check --quiet "$wheel"
+  --disable-pip-version-check --quiet --no-compile "$wheel"
 "$venv/bin/comfyfleet" --help >/dev/null
 : > "$venv/.ready"
 echo installed
@@ -493,8 +507,7 @@ class ProvisionAgent:
 
     async def launch(self, run: ProvisionRun, install: InstallResult) -> LaunchResult:
         """Upload the manifest and its workflows, then start `provision` detached, once."""
-        run_id = plain_name(run.run_id, what="run id")
-        run_dir = f"{AGENT_DIR}/runs/{run_id}"
+        run_dir = run.remote_dir
         already = (await self._run('[ -d "$1/started" ] && echo yes || true', run_dir)).strip()
         if already == "yes":
             return LaunchResult(False, run_dir)
@@ -582,7 +595,7 @@ class ProvisionAgent:
     ) -> tuple[FollowResult, FollowResult, Progress]:
         """Follow the run's provision.log and events.jsonl into ``sinks``, exactly once,
         until each reports the end (resumable: the sinks hold the checkpoints)."""
-        run_dir = f"{AGENT_DIR}/runs/{plain_name(run.run_id, what='run id')}"
+        run_dir = run.remote_dir
         if self._home is None:
             await self.probe()
         log_seed, events_seed = await self._seeds(run_dir)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import inspect
 import os
 import socket
 import time
@@ -63,7 +64,8 @@ class ApiContext:
     operator_token: str
     lease_ttl: float
     keys: KeyInstaller
-    comfyui_port: Callable[[InstanceRow], int] = lambda row: 8188
+    #: the port ComfyUI listens on for the row (sync, or async: read from the store)
+    comfyui_port: Callable[[InstanceRow], int | Awaitable[int]] = lambda row: 8188
     local_url: Callable[[InstanceRow], str | None] = lambda row: None
     on_release: Callable[[str, str], Awaitable[None]] | None = None
     destroy: Callable[[str, str], Awaitable[None]] | None = None
@@ -351,7 +353,9 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def lease_document(ctx: ApiContext, lease: leases.Lease, row: InstanceRow | None) -> dict[str, Any]:
+async def lease_document(
+    ctx: ApiContext, lease: leases.Lease, row: InstanceRow | None
+) -> dict[str, Any]:
     """A lease as the API shows it (without its token and key)."""
     doc: dict[str, Any] = {
         "lease_id": lease.id,
@@ -369,6 +373,8 @@ def lease_document(ctx: ApiContext, lease: leases.Lease, row: InstanceRow | None
         doc["url"] = url
     elif row.ssh_host:
         port = ctx.comfyui_port(row)
+        if inspect.isawaitable(port):
+            port = await port
         doc["ssh"] = {"host": row.ssh_host, "port": row.ssh_port, "user": row.ssh_user}
         doc["tunnel"] = (
             f"ssh -N -L {port}:127.0.0.1:{port} -i lease-{lease.id}.key "
@@ -499,7 +505,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                  "queue_position": got},
                 status_code=503, headers={"Retry-After": "5"},
             )  # fmt: skip
-        doc = {"lease_token": got.token, **lease_document(ctx, got.lease, got.row)}
+        doc = {"lease_token": got.token, **(await lease_document(ctx, got.lease, got.row))}
         if "ssh" in doc:
             doc["private_key"] = got.private_key
         return doc
@@ -510,7 +516,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         found = await leases.get(ctx.store, lease_id)
         if found is None:
             raise HTTPException(404, f"no lease {lease_id} in this pool")
-        return lease_document(ctx, found[0], await ctx.store.get(found[0].instance_id))
+        return await lease_document(ctx, found[0], await ctx.store.get(found[0].instance_id))
 
     @app.post("/v1/leases/{lease_id}/renew", tags=["leases"])
     async def renew_lease(access: LeaseAccess) -> dict[str, Any]:
@@ -518,7 +524,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         lease = await leases.renew(ctx.store, access.lease.id, ttl=ctx.lease_ttl, now=ctx.clock())
         if lease is None:
             raise HTTPException(409, f"lease {access.lease.id} is {access.lease.state}")
-        return lease_document(ctx, lease, await ctx.store.get(lease.instance_id))
+        return await lease_document(ctx, lease, await ctx.store.get(lease.instance_id))
 
     @app.delete("/v1/leases/{lease_id}", tags=["leases"])
     async def release_lease(access: LeaseAccess) -> dict[str, Any]:
@@ -526,7 +532,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         lease = await release(ctx, access.lease.id, reason="released by the lessee")
         if lease is None:
             raise HTTPException(409, f"lease {access.lease.id} is {access.lease.state}")
-        return lease_document(ctx, lease, None)
+        return await lease_document(ctx, lease, None)
 
     @app.get("/v1/instances", tags=["instances"])
     async def list_instances(ctx: Operator) -> dict[str, Any]:
@@ -692,8 +698,13 @@ def service_context(
     )
     port = cfg.pool.comfyui_port
 
-    def comfyui_port(row: InstanceRow) -> int:
-        return port if isinstance(port, int) else 8188
+    async def comfyui_port(row: InstanceRow) -> int:
+        if isinstance(port, int):
+            return port
+        # "auto": the port the instance's last complete run chose (and wrote in its manifest)
+        from comfyfleet.fleet import logstore
+
+        return await logstore.comfyui_port(store, row.id) or 8188
 
     def local_url(row: InstanceRow) -> str | None:
         if not isinstance(section, LocalProvider) or row.provider_id is None:

@@ -56,6 +56,24 @@ async def remember_key(store: Store, row_id: str, api_key: str) -> None:
         )
 
 
+async def forget_final_keys(store: Store) -> int:
+    """Delete the per-instance keys of instances that are gone (destroyed or lost): a
+    secret is kept no longer than its instance lives. How many."""
+    from comfyfleet.fleet.states import FINAL
+    from comfyfleet.fleet.store import instances
+
+    gone = select(instances.c.id).where(
+        instances.c.pool == store.pool, instances.c.state.in_([s.value for s in FINAL])
+    )
+    async with store.engine.begin() as conn:
+        result = await conn.execute(
+            delete(instance_keys).where(
+                instance_keys.c.pool == store.pool, instance_keys.c.instance_id.in_(gone)
+            )
+        )
+    return result.rowcount or 0
+
+
 async def instance_key(store: Store, row_id: str) -> str | None:
     """The per-instance key of ``row_id``, or None (the watchdog then reads PID 1's)."""
     async with store.engine.connect() as conn:
@@ -204,6 +222,7 @@ __all__ = [
     "WATCHDOG",
     "DeadmanError",
     "arm",
+    "forget_final_keys",
     "instance_key",
     "instance_keys",
     "keep_alive",

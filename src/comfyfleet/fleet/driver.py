@@ -163,7 +163,10 @@ class ProvisionDriver:
         options = AgentOptions(
             comfyui_port=section.comfyui_port, timeout=remaining, cache=self.agent_cache
         )
-        run = ProvisionRun(run_id, self.config.manifest_path, section.instance_root, self.secrets())
+        run = ProvisionRun(
+            run_id, self.config.manifest_path, section.instance_root, self.secrets(),
+            instance_id=row.id,
+        )  # fmt: skip
         delay = RETRY_FIRST
         said = False
         while True:

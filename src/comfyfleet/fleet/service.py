@@ -204,6 +204,10 @@ class PoolService:
             else:
                 await self._apply(action, done)
 
+        if report.actions["MarkDestroyed"] or report.actions["MarkLost"]:
+            from comfyfleet.fleet import deadman
+
+            await deadman.forget_final_keys(self.store)  # their per-instance API keys
         rows = await self.store.live()
         pool = await self.store.pool_row()
         decision = plan(

@@ -84,8 +84,22 @@ def default_cache() -> Path:
     return Path(base) / "comfyfleet"
 
 
+_BUILT: dict[Path, Wheel] = {}
+
+
 def running_wheel(cache: Path | None = None) -> Wheel:
     """Build (or reuse) the wheel of the comfyfleet package running in this process."""
+    # the package does not change under a running process: zip it once per process, not at
+    # every instance's install (it was a tenth of the control plane's CPU while filling)
+    cache = cache or default_cache()
+    built = _BUILT.get(cache)
+    if built is not None and built.path.is_file():
+        return built
+    _BUILT[cache] = wheel = _build_running_wheel(cache)
+    return wheel
+
+
+def _build_running_wheel(cache: Path) -> Wheel:
     import comfyfleet
 
     dist = metadata.distribution("comfyfleet")
@@ -113,7 +127,7 @@ def running_wheel(cache: Path | None = None) -> Wheel:
             zf.writestr(entry, data)
     blob = buf.getvalue()
     digest = hashlib.sha256(blob).hexdigest()
-    dest = (cache or default_cache()) / "wheels" / digest[:16]
+    dest = cache / "wheels" / digest[:16]
     path = dest / f"comfyfleet-{version}-py3-none-any.whl"
     if not path.exists():
         dest.mkdir(parents=True, exist_ok=True)

@@ -93,6 +93,29 @@ def has_requirements(path: Path) -> bool:
     )
 
 
+async def _create_venv(venv: Path, log: RunLog) -> None:
+    """``ROOT/venv`` on the image's Python, with the image's site-packages (its torch).
+
+    The venv gets no pip of its own when the image's pip is importable through those
+    site-packages: ``venv/bin/python -m pip`` then installs into the venv, and the 4 s of
+    ensurepip are saved. Without one, ensurepip gives the venv its own pip.
+    """
+    await run_command(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+        log=log,
+        source="venv",
+        timeout=600,
+    )
+    python = str(venv / "bin" / "python")
+    try:
+        await run_command([python, "-m", "pip", "--version"], log=None, source="venv", timeout=120)
+    except CommandFailed:
+        log.info("environment", "the image's Python has no pip: installing one (ensurepip)")
+        await run_command(
+            [python, "-m", "ensurepip", "--default-pip"], log=log, source="venv", timeout=600
+        )
+
+
 async def prepare_environment(manifest: Manifest, root: Path, log: RunLog) -> Environment:
     """The interpreter (existing or ``ROOT/venv``) and its torch-family constraints file."""
     if manifest.comfyui.python:
@@ -110,12 +133,7 @@ async def prepare_environment(manifest: Manifest, root: Path, log: RunLog) -> En
             log.info(
                 "environment", f"creating {venv} (--system-site-packages: reuses the image's torch)"
             )
-            await run_command(
-                [sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                log=log,
-                source="venv",
-                timeout=600,
-            )
+            await _create_venv(venv, log)
     try:
         out = await run_command(
             [str(python), "-c", _LIST_VERSIONS, *TORCH_FAMILY],

@@ -271,6 +271,19 @@ class _PinningClient(asyncssh.SSHClient):
         return True
 
 
+#: AES-GCM first (AES-NI, one call per packet): asyncssh's chacha20-poly1305, its default,
+#: makes three calls per packet, and uploading the agent's 30 MB wheelhouse spent most of the
+#: control plane's CPU in them; every OpenSSH server offers both
+ENCRYPTION_ALGS = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+]
+
+
 async def open_connection(
     target: SshTarget, *, connect_timeout: float = 10.0, first_contact: bool = False
 ) -> asyncssh.SSHClientConnection:
@@ -305,6 +318,7 @@ async def open_connection(
                 username=target.user,
                 known_hosts=known,
                 server_host_key_algs=_host_key_algs(trusted),
+                encryption_algs=ENCRYPTION_ALGS,
                 keepalive_interval=KEEPALIVE_INTERVAL,
                 keepalive_count_max=KEEPALIVE_COUNT_MAX,
                 login_timeout=connect_timeout,
