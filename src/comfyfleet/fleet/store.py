@@ -455,7 +455,11 @@ def _engine(url: str) -> AsyncEngine:
         engine = create_async_engine(full, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(full, pool_pre_ping=True)
+    # pool_size 10: the control loop, the log sinks, the lease API's takes and the dashboard
+    # hold connections at once, and connections beyond pool_size are closed when returned
+    # (a reconnect, with its authentication, per transaction under load); 3 replicas at
+    # 10 + 10 overflow stay under PostgreSQL's default max_connections of 100
+    return create_async_engine(full, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
