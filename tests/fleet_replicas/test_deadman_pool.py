@@ -5,7 +5,6 @@ control plane stops for good every instance destroys itself with its own key."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -15,17 +14,9 @@ import pytest
 SVC = Path(__file__).resolve().parents[1] / "fleet_service"
 sys.path.insert(0, str(SVC))  # svchelp, and the fleet-service fixtures below
 
+from svchelp import service_fixtures, wait_for  # noqa: E402
 
-def _fixtures() -> object:
-    spec = importlib.util.spec_from_file_location("fleet_service_fixtures", SVC / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-_svc = _fixtures()
+_svc = service_fixtures("fleet_service_fixtures")
 # the fleet-service fixtures (sshd, one Unix user per machine, the double pointing at the sshd)
 base_dir = _svc.base_dir  # type: ignore[attr-defined]
 sshd = _svc.sshd  # type: ignore[attr-defined]
@@ -33,7 +24,6 @@ machines = _svc.machines  # type: ignore[attr-defined]
 world = _svc.world  # type: ignore[attr-defined]
 double = _svc.double  # type: ignore[attr-defined]
 
-from svchelp import wait_for  # noqa: E402
 from test_vast_pool import start, stop  # noqa: E402  (fleet_service's pool helpers)
 
 from comfyfleet.fleet.states import FINAL, State  # noqa: E402

@@ -85,3 +85,17 @@ def serve(config: Path, log: Path, server: Any) -> subprocess.Popen[bytes]:
             [*CLI, "pool", "serve", "--config", str(config)],
             stdout=subprocess.DEVNULL, stderr=out, stdin=subprocess.DEVNULL, env=env,
         )  # fmt: skip
+
+
+def service_fixtures(module_name: str) -> Any:
+    """tests/fleet_service/conftest.py loaded as ``module_name``: its fixtures (sshd, one
+    Unix user per machine, the Vast double pointing at the sshd) for another folder's tests."""
+    import importlib.util
+
+    path = Path(__file__).with_name("conftest.py")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
