@@ -8,7 +8,6 @@ installs on the instance must come from what it uploaded.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from comfyfleet.fleet.agent import Endpoint
 from comfyfleet.testing.demo_fixture import DemoWorld, build_demo
 from comfyfleet.testing.modelserver import ModelServer
 from sshd import SSHD, SshServer
+from unixusers import make_user, processes_of, remove_user
 
 
 @pytest.fixture(scope="session")
@@ -65,25 +65,7 @@ class Instance:
 
     def processes(self) -> list[psutil.Process]:
         """Every process running as this user."""
-        found = []
-        for p in psutil.process_iter(["uids"]):
-            uids = p.info["uids"]
-            if uids is not None and uids.real == self.uid:
-                found.append(p)
-        return found
-
-
-def _kill_all(instance: Instance) -> None:
-    for _ in range(50):
-        procs = instance.processes()
-        if not procs:
-            return
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=2)
+        return processes_of(self.uid)
 
 
 @pytest.fixture
@@ -92,30 +74,18 @@ def make_instance(sshd: SshServer, base_dir: Path) -> Iterator[Callable[[], Inst
     made: list[Instance] = []
 
     def make() -> Instance:
-        user = f"cfa{uuid.uuid4().hex[:8]}"
-        subprocess.run(
-            ["useradd", "--create-home", "--base-dir", str(base_dir / "home"),
-             "--shell", "/bin/sh", "--password", "*", user],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        entry = pwd.getpwnam(user)
-        home = Path(entry.pw_dir)
-        ssh_dir = home / ".ssh"
-        ssh_dir.mkdir(mode=0o700)
-        shutil.copy(sshd.client_key.with_suffix(".pub"), ssh_dir / "authorized_keys")
-        for p in (ssh_dir, ssh_dir / "authorized_keys"):
-            os.chown(p, entry.pw_uid, entry.pw_gid)
+        made_user = make_user(base_dir / "home", sshd.client_key.with_suffix(".pub"), "cfa")
+        user, home = made_user.user, made_user.home
         host_key = " ".join(sshd.host_key.with_suffix(".pub").read_text().split()[:2])
         endpoint = Endpoint("127.0.0.1", sshd.port, user, sshd.client_key)
-        inst = Instance(user, entry.pw_uid, home, endpoint, host_key)
+        inst = Instance(user, made_user.uid, home, endpoint, host_key)
         made.append(inst)
         return inst
 
     (base_dir / "home").mkdir(exist_ok=True, mode=0o755)
     yield make
     for inst in made:
-        _kill_all(inst)
-        subprocess.run(["userdel", "--remove", inst.user], capture_output=True)
+        remove_user(inst.user, inst.uid)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ user may clone the one demo world's repositories.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from comfyfleet.fleet.store import InstanceRow
 from comfyfleet.testing.demo_fixture import DemoWorld, build_demo
 from comfyfleet.testing.modelserver import ModelServer
 from sshd import SSHD, SshServer
+from unixusers import make_user, processes_of, remove_user
 
 
 @pytest.fixture
@@ -78,12 +78,7 @@ class Machine:
 
     def processes(self) -> list[psutil.Process]:
         """Every process running as this user."""
-        out = []
-        for p in psutil.process_iter(["uids"]):
-            uids = p.info["uids"]
-            if uids is not None and uids.real == self.uid:
-                out.append(p)
-        return out
+        return processes_of(self.uid)
 
 
 @dataclass
@@ -98,22 +93,12 @@ class Machines:
         """The machine for ``key`` (made on first use)."""
         if key in self.made:
             return self.made[key]
-        user = f"cfs{uuid.uuid4().hex[:8]}"
-        subprocess.run(
-            ["useradd", "--create-home", "--base-dir", str(self.base_dir / "home"),
-             "--shell", "/bin/sh", "--password", "*", user],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        entry = pwd.getpwnam(user)
-        home = Path(entry.pw_dir)
-        ssh_dir = home / ".ssh"
-        ssh_dir.mkdir(mode=0o700)
-        shutil.copy(self.sshd.client_key.with_suffix(".pub"), ssh_dir / "authorized_keys")
+        made = make_user(self.base_dir / "home", self.sshd.client_key.with_suffix(".pub"), "cfs")
         # one demo world for every instance user (its repositories are root's)
-        (home / ".gitconfig").write_text("[safe]\n\tdirectory = *\n")
-        for p in (ssh_dir, ssh_dir / "authorized_keys", home / ".gitconfig"):
-            os.chown(p, entry.pw_uid, entry.pw_gid)
-        machine = Machine(user, entry.pw_uid, home)
+        gitconfig = made.home / ".gitconfig"
+        gitconfig.write_text("[safe]\n\tdirectory = *\n")
+        os.chown(gitconfig, made.uid, made.gid)
+        machine = Machine(made.user, made.uid, made.home)
         self.made[key] = machine
         return machine
 
@@ -125,17 +110,7 @@ class Machines:
 
     def cleanup(self) -> None:
         for m in self.made.values():
-            for _ in range(50):
-                procs = m.processes()
-                if not procs:
-                    break
-                for p in procs:
-                    try:
-                        p.kill()
-                    except psutil.NoSuchProcess:
-                        pass
-                psutil.wait_procs(procs, timeout=2)
-            subprocess.run(["userdel", "--remove", m.user], capture_output=True)
+            remove_user(m.user, m.uid)
 
 
 @pytest.fixture

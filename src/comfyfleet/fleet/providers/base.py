@@ -9,6 +9,7 @@ call may still have done, because that is what the reconciler must assume.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -71,6 +72,30 @@ class Created:
     #: Vast's per-instance key (it can start/stop/destroy that instance): a secret, never
     #: logged or stored in clear
     instance_api_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a claim file (an ssh host's, a local slot's) says: whose it is."""
+
+    label: str
+    pool: str
+    line: str  # the exact content, for compare-and-remove
+
+
+def parse_claim(line: str) -> Claim | None:
+    """A claim line → :class:`Claim` (``line`` kept as given); None for anything we did not
+    write."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    label, pool = data.get("label"), data.get("pool")
+    if not isinstance(label, str) or not isinstance(pool, str):
+        return None
+    return Claim(label, pool, line)
 
 
 @runtime_checkable

@@ -37,10 +37,12 @@ import yaml
 from comfyfleet.fleet.errors import OfferUnavailable, ProviderError
 from comfyfleet.fleet.providers.base import (
     POOL_ENV,
+    Claim,
     Created,
     Health,
     Offer,
     ProviderInstance,
+    parse_claim,
 )
 from comfyfleet.names import escape_controls, path_under
 
@@ -85,29 +87,6 @@ class Slot:
     def env(self) -> dict[str, str]:
         """The environment the slot's processes get on top of ours (its GPU)."""
         return {"CUDA_VISIBLE_DEVICES": str(self.gpu)} if self.gpu is not None else {}
-
-
-@dataclass(frozen=True)
-class Claim:
-    """What a slot's claim file says."""
-
-    label: str
-    pool: str
-    line: str  # the exact content, for compare-and-remove
-
-
-def parse_claim(line: str) -> Claim | None:
-    """A claim line → :class:`Claim`; None for anything we did not write."""
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    label, pool = data.get("label"), data.get("pool")
-    if not isinstance(label, str) or not isinstance(pool, str):
-        return None
-    return Claim(label, pool, line.strip())
 
 
 def start_ticks(pid: int) -> int | None:
@@ -373,7 +352,7 @@ class LocalProvider:
             return None
         except OSError as exc:
             raise ProviderError(f"cannot read {slot.claim_path}: {exc}") from None
-        return parse_claim(line)
+        return parse_claim(line.strip())  # the file ends with a newline
 
     def _claim(self, slot: Slot, line: str) -> bool:
         with self._locked(slot):

@@ -34,11 +34,13 @@ from comfyfleet.fleet.errors import (
 )
 from comfyfleet.fleet.providers.base import (
     LABEL_PREFIX,
+    Claim,
     Created,
     Health,
     Offer,
     ProviderInstance,
     SshEndpoint,
+    parse_claim,
 )
 from comfyfleet.fleet.providers.blocklist import Blocklist
 from comfyfleet.names import escape_controls
@@ -147,15 +149,6 @@ class HostSpec:
 
 
 @dataclass(frozen=True)
-class Claim:
-    """What a host's claim file says."""
-
-    label: str
-    pool: str
-    line: str  # the exact content, for compare-and-remove
-
-
-@dataclass(frozen=True)
 class _Probe:
     claim: Claim | None
     gpus: list[str]
@@ -164,20 +157,6 @@ class _Probe:
 def claim_line(label: str, pool: str) -> str:
     """The claim file's one line."""
     return json.dumps({"label": label, "pool": pool})
-
-
-def parse_claim(line: str) -> Claim | None:
-    """A claim line → :class:`Claim`; None for anything we did not write."""
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    label, pool = data.get("label"), data.get("pool")
-    if not isinstance(label, str) or not isinstance(pool, str):
-        return None
-    return Claim(label, pool, line)
 
 
 Connect = Callable[[HostSpec], Awaitable[asyncssh.SSHClientConnection]]
