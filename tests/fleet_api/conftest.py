@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,28 +21,8 @@ from comfyfleet.fleet.api import ApiContext, bind, create_app, serve_api
 from comfyfleet.fleet.keys import attach_standby_key, generate_lease_key
 from comfyfleet.fleet.states import State
 from comfyfleet.fleet.store import InstanceRow, Store
-from pg import PgCluster, start_cluster
 
 TOKEN = "operator-" + secrets.token_hex(16)
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
-    """One PostgreSQL cluster for the session (each test gets its own database)."""
-    cluster = start_cluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty store URL on each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'pool.db'}"
-    cluster: PgCluster = request.getfixturevalue("pg_cluster")
-    return cluster.create_database(f"t_{secrets.token_hex(6)}")
 
 
 @pytest.fixture

@@ -16,16 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))  # vastdo
 from replicarun import Replica
 from vastdouble import Timing, VastDouble
 
-from pg import PgCluster, start_cluster
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
-    cluster = start_cluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+from pg import PgCluster
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from sqlalchemy import Column, String, Table, Text, delete, insert, select
 
 from comfyfleet.errors import ComfyfleetError
 from comfyfleet.fleet.config import PoolConfig, VastProvider
-from comfyfleet.fleet.states import State
-from comfyfleet.fleet.store import metadata
+from comfyfleet.fleet.states import FINAL, State
+from comfyfleet.fleet.store import instances, metadata
 
 if TYPE_CHECKING:
     import asyncssh
@@ -59,9 +59,6 @@ async def remember_key(store: Store, row_id: str, api_key: str) -> None:
 async def forget_final_keys(store: Store) -> int:
     """Delete the per-instance keys of instances that are gone (destroyed or lost): a
     secret is kept no longer than its instance lives. How many."""
-    from comfyfleet.fleet.states import FINAL
-    from comfyfleet.fleet.store import instances
-
     gone = select(instances.c.id).where(
         instances.c.pool == store.pool, instances.c.state.in_([s.value for s in FINAL])
     )
